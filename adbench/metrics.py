@@ -1,0 +1,168 @@
+"""Image- and pixel-level anomaly-detection metrics, in plain numpy.
+
+Every metric is computed exactly from one sort of the scores (no threshold grid).  Tied scores form a
+single threshold step, as in scikit-learn, and a sample is predicted anomalous iff ``score >= t``.
+
+Image level (``labels``/``scores``: (N,) arrays, label 1 = anomalous):
+    ``roc_auc``, ``average_precision``, ``f1_max``.
+Pixel level (``masks``: (N, H, W) in {0, 1}, ``maps``: (N, H, W) float anomaly maps):
+    the same three over all pixels flattened, plus ``aupro``, MVTec AD's area under the
+    per-region-overlap curve up to a false-positive rate of 0.3, normalised to [0, 1].
+``evaluate`` returns all seven numbers in one dict.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["roc_auc", "average_precision", "f1_max", "aupro", "image_metrics", "pixel_metrics", "evaluate"]
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _check_binary(labels, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.size and np.any((labels != 0) & (labels != 1)):
+        raise ValueError(f"{name} must contain only 0 and 1")
+    return labels.astype(bool)
+
+
+def _check_scores(scores, name: str) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return scores
+
+
+def _sort_desc(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order (descending) of ``scores`` and the index of the last element of each tie group in it."""
+    order = np.argsort(scores)[::-1]
+    ranked = scores[order]
+    ends = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
+    return order, ends
+
+
+def _counts(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (false positives, true positives) at each distinct threshold, highest threshold first.
+
+    labels, scores: (N,) arrays.  Returns two (T,) int64 arrays, T = number of distinct scores; entry i
+    counts the samples with ``score >= `` the i-th largest distinct score.
+    """
+    labels = _check_binary(labels, "labels")
+    scores = _check_scores(scores, "scores")
+    if labels.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(f"labels and scores must be 1-D of equal length, got {labels.shape} and {scores.shape}")
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == labels.size:
+        raise ValueError("only one class is present in labels; the metric needs both normal (0) and anomalous (1)")
+    order, ends = _sort_desc(scores)
+    tps = np.cumsum(labels[order], dtype=np.int64)[ends]
+    fps = ends + 1 - tps
+    return fps, tps
+
+
+def _roc_auc(fps: np.ndarray, tps: np.ndarray) -> float:
+    fpr = np.concatenate([[0.0], fps / fps[-1]])
+    tpr = np.concatenate([[0.0], tps / tps[-1]])
+    return float(np.trapezoid(tpr, fpr))
+
+
+def _average_precision(fps: np.ndarray, tps: np.ndarray) -> float:
+    recall_steps = np.diff(np.concatenate([[0], tps])) / tps[-1]
+    return float(np.sum(recall_steps * tps / (tps + fps)))
+
+
+def _f1_max(fps: np.ndarray, tps: np.ndarray) -> float:
+    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (TP + FP + P)
+    return float(np.max(2 * tps / (tps + fps + tps[-1])))
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve.  labels: (N,) in {0, 1}; scores: (N,) float, higher = more anomalous."""
+    return _roc_auc(*_counts(labels, scores))
+
+
+def average_precision(labels, scores) -> float:
+    """Average precision, sum_k (R_k - R_{k-1}) P_k over thresholds (sklearn's definition).
+
+    labels: (N,) in {0, 1}; scores: (N,) float.
+    """
+    return _average_precision(*_counts(labels, scores))
+
+
+def f1_max(labels, scores) -> float:
+    """Best F1 over all thresholds t, predicting anomalous iff ``score >= t``.
+
+    labels: (N,) in {0, 1}; scores: (N,) float.
+    """
+    return _f1_max(*_counts(labels, scores))
+
+
+def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the per-region-overlap (PRO) curve up to ``fpr_limit`` (MVTec AD definition).
+
+    masks: (N, H, W) in {0, 1}, ground truth; maps: (N, H, W) float anomaly maps.
+    Regions are the 8-connected components of each image's mask.  At threshold t, PRO is the mean over
+    all regions of all images of the fraction of the region's pixels with ``score >= t``, and FPR is the
+    fraction of all normal pixels with ``score >= t``.  The curve starts at (0, 0), has one point per
+    distinct score, is integrated with the trapezoid rule up to ``fpr_limit`` (PRO linearly interpolated
+    there) and divided by ``fpr_limit``, so a perfect map scores 1.0.
+    """
+    masks = _check_binary(masks, "masks")
+    maps = _check_scores(maps, "maps")
+    if masks.ndim != 3 or masks.shape != maps.shape:
+        raise ValueError(f"masks and maps must both be (N, H, W), got {masks.shape} and {maps.shape}")
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+
+    regions = np.zeros(masks.shape, dtype=np.int64)  # 0 = normal, k >= 1 = global region id
+    n_regions = 0
+    for i, mask in enumerate(masks):
+        labelled, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        regions[i] = np.where(labelled > 0, labelled + n_regions, 0)
+        n_regions += n
+    regions = regions.ravel()
+    n_normal = int(np.count_nonzero(regions == 0))
+    if n_regions == 0 or n_normal == 0:
+        raise ValueError("aupro needs at least one anomalous region and one normal pixel in masks")
+
+    # Each anomalous pixel adds 1 / (n_regions * its region's size) to PRO once the threshold reaches it.
+    sizes = np.bincount(regions, minlength=n_regions + 1)
+    weights = np.where(regions > 0, 1.0 / (n_regions * sizes[regions]), 0.0)
+    order, ends = _sort_desc(maps.ravel())
+    fpr = np.concatenate([[0.0], np.cumsum(regions[order] == 0)[ends] / n_normal])
+    pro = np.concatenate([[0.0], np.cumsum(weights[order])[ends]])
+
+    # Keep the points with fpr <= limit; add the interpolated point at the limit if it falls inside a segment.
+    k = int(np.searchsorted(fpr, fpr_limit, side="right"))  # fpr[:k] <= limit < fpr[k:]
+    x, y = fpr[:k], pro[:k]
+    if x[-1] < fpr_limit:  # then k < len(fpr), since the curve ends at fpr = 1 >= limit
+        y_limit = y[-1] + (pro[k] - y[-1]) * (fpr_limit - x[-1]) / (fpr[k] - x[-1])
+        x, y = np.append(x, fpr_limit), np.append(y, y_limit)
+    return float(np.trapezoid(y, x) / fpr_limit)
+
+
+def image_metrics(labels, scores) -> dict[str, float]:
+    """image_auroc, image_ap, image_f1_max.  labels: (N,) in {0, 1}; scores: (N,) float."""
+    curve = _counts(labels, scores)
+    return {"image_auroc": _roc_auc(*curve), "image_ap": _average_precision(*curve), "image_f1_max": _f1_max(*curve)}
+
+
+def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
+    """pixel_auroc, pixel_ap, pixel_f1_max (all pixels flattened) and pixel_aupro.
+
+    masks: (N, H, W) in {0, 1}; maps: (N, H, W) float.
+    """
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    curve = _counts(masks.ravel(), maps.ravel())
+    return {
+        "pixel_auroc": _roc_auc(*curve),
+        "pixel_ap": _average_precision(*curve),
+        "pixel_f1_max": _f1_max(*curve),
+        "pixel_aupro": aupro(masks, maps, fpr_limit),
+    }
+
+
+def evaluate(labels, scores, masks, maps) -> dict[str, float]:
+    """All seven metrics: labels/scores (N,) image level, masks/maps (N, H, W) pixel level."""
+    return {**image_metrics(labels, scores), **pixel_metrics(masks, maps)}

@@ -1,0 +1,53 @@
+"""CI's AUROC regression gate: compare a run's metrics with the committed reference values.
+
+``results/reference/<name>.csv`` has one row per checked number: ``dataset, category, method, seed,
+metric, value, tolerance``.  A number regresses when it falls more than ``tolerance`` below ``value`` (a
+rise is reported too, so the reference can be refreshed on purpose, but does not fail).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def compare(reference: Path, results: Path) -> pd.DataFrame:
+    """The reference table with ``got`` and ``status`` (ok, improved, REGRESSED, MISSING) columns."""
+    ref = pd.read_csv(reference)
+    got, status = [], []
+    for row in ref.itertuples():
+        path = Path(results) / row.dataset / row.category / row.method / f"seed{row.seed}" / "metrics.json"
+        if not path.exists():
+            got.append(float("nan"))
+            status.append("MISSING")
+            continue
+        value = float(json.loads(path.read_text())[row.metric])
+        got.append(value)
+        if value < row.value - row.tolerance:
+            status.append("REGRESSED")
+        elif value > row.value + row.tolerance:
+            status.append("improved")
+        else:
+            status.append("ok")
+    return ref.assign(got=got, status=status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reference", type=Path, default=Path("results/reference/ci.csv"))
+    p.add_argument("--results", type=Path, default=Path("results"))
+    a = p.parse_args(argv)
+    table = compare(a.reference, a.results)
+    print(table.to_string(index=False))
+    bad = table[table.status.isin(["REGRESSED", "MISSING"])]
+    if len(bad):
+        print(f"\n{len(bad)} reported number(s) regressed or are missing", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

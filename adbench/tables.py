@@ -1,0 +1,59 @@
+"""The paper's tables, rebuilt from the runs' ``metrics.json`` files.
+
+Cells are means over seeds.  Where the dataset is one the paper reports on, its transcribed numbers
+(``results/paper/``) stand beside ours in columns named ``paper:<method>``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+PAPER_TABLE2_DATASET_KIND = "mvtec_ad"
+
+
+def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
+    """One row per run: every field of its metrics.json."""
+    return pd.DataFrame([json.loads(Path(p).read_text()) for p in paths])
+
+
+def table2(runs: pd.DataFrame, methods: list[str], metric: str = "image_auroc",
+           paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Categories x methods of ``metric`` (mean over seeds), categories in run order, plus a ``mean`` row."""
+    categories = list(dict.fromkeys(runs["category"]))
+    cells = runs.groupby(["category", "method"])[metric].mean().unstack("method")
+    table = cells.reindex(index=categories, columns=methods)
+    missing = table.columns[table.isna().any()].tolist()
+    if missing:
+        raise ValueError(f"no {metric} for some categories of methods {missing}: run them first")
+    table.loc["mean"] = table.mean()
+    if paper is not None:
+        ref = paper.set_index("category").reindex(table.index)
+        for m in methods:
+            if m in ref:
+                table[f"paper:{m}"] = ref[m]
+    table.index.name = "category"
+    return table
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table; NaN cells print as ``-``."""
+    cols = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for idx, row in table.iterrows():
+        cells = ["-" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
+        lines.append("| " + " | ".join([f"**{idx}**" if idx == "mean" else str(idx)] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table2(metrics_files: list[str], dataset: str, methods: list[str], csv_out: str, md_out: str) -> None:
+    runs = load_metrics(metrics_files)
+    runs = runs[runs["dataset"] == dataset]
+    kinds = {json.loads(Path(p).read_text()).get("dataset_kind") for p in metrics_files}
+    paper = pd.read_csv(PAPER_DIR / "table2.csv") if kinds == {PAPER_TABLE2_DATASET_KIND} else None
+    table = table2(runs, methods, paper=paper)
+    table.to_csv(csv_out, float_format="%.4f")
+    title = f"Table 2: image-level AUROC per category on `{dataset}` (mean over seeds {sorted(set(runs['seed']))})\n\n"
+    Path(md_out).write_text(title + to_markdown(table))

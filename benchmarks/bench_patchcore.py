@@ -1,0 +1,67 @@
+"""PatchCore fit time: 10% coreset on 50 training images at 256 px with tf_efficientnet_lite0.
+
+Measures, as medians over ``--repeats`` runs in this one process: backbone feature extraction of the 50
+images, and PatchCore's fit on those features (patch embedding + greedy coreset), plus their sum (the
+comparable figure to anomalib 2.7's ~110 s fit, DESIGN.md section 10).  Writes JSON and markdown.
+
+    python benchmarks/bench_patchcore.py --out results/benchmarks/patchcore_fit.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from adbench.backbone import Backbone
+from adbench.embedded import EmbeddedConfig, generate_category
+from adbench.features import extract_split
+from baselines.patchcore import PatchCore
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("results/benchmarks/patchcore_fit.json"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--images", type=int, default=50)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--weights-dir", type=Path, default=Path("results/weights"))
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_category(Path(tmp), "brick", EmbeddedConfig(size=256, n_train=a.images, n_test_good=1,
+                                                             n_test_anomalous=4))
+        backbone = Backbone("tf_efficientnet_lite0", a.weights_dir)
+        extract, fit = [], []
+        for _ in range(a.repeats):
+            start = time.perf_counter()
+            train = extract_split("embedded", Path(tmp), "brick", "train", backbone, a.size, progress=False)
+            extract.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            model = PatchCore({"coreset_ratio": 0.1}, seed=0).fit(train)
+            fit.append(time.perf_counter() - start)
+    result = {
+        "images": a.images, "image_size": a.size, "patches": len(train) * train.features[0].shape[2] * train.features[0].shape[3],
+        "memory_bank": int(len(model.memory_bank)), "repeats": a.repeats,
+        "extract_seconds_median": statistics.median(extract), "fit_seconds_median": statistics.median(fit),
+        "total_seconds_median": statistics.median(e + f for e, f in zip(extract, fit)),
+        "extract_seconds": extract, "fit_seconds": fit, "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor()} ({torch.get_num_threads()} threads)",
+        "target_seconds": 20.0,
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1))
+    a.out.with_suffix(".md").write_text(
+        "| images | px | patches | memory bank | extract (s) | fit (s) | extract + fit (s) |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| {a.images} | {a.size} | {result['patches']} | {result['memory_bank']} | "
+        f"{result['extract_seconds_median']:.1f} | {result['fit_seconds_median']:.1f} | {result['total_seconds_median']:.1f} |\n"
+    )
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Shared fixtures: converted backbone weights, a small generated embedded dataset, cached splits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adbench.embedded import EmbeddedConfig, generate_category
+
+SMALL = EmbeddedConfig(seed=0, size=128, n_train=16, n_test_good=8, n_test_anomalous=12)
+SPLIT_SIZE = 64  # evaluation resolution of the cached test splits (px)
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="session")
+def backbone(weights_dir):
+    from adbench.backbone import Backbone
+
+    return Backbone("tf_efficientnet_lite0", weights_dir)
+
+
+@pytest.fixture(scope="session")
+def embedded_root(tmp_path_factory) -> Path:
+    """brick (texture) and coins (object), small splits, generated once per session."""
+    root = tmp_path_factory.mktemp("embedded")
+    for category in ("brick", "coins"):
+        generate_category(root, category, SMALL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def embedded_splits(embedded_root, backbone):
+    """``fn(category) -> (train Split, test Split)`` at 64 px with tf_efficientnet_lite0 features."""
+    from adbench.features import extract_split
+
+    cache = {}
+
+    def get(category: str):
+        if category not in cache:
+            cache[category] = tuple(
+                extract_split("embedded", embedded_root, category, split, backbone, SPLIT_SIZE, progress=False)
+                for split in ("train", "test")
+            )
+        return cache[category]
+
+    return get

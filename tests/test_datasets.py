@@ -1,0 +1,177 @@
+"""Tiny fake trees of each layout: ids, labels, defect types, mask pairing, order, loaders and errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adbench.datasets import (KINDS, DatasetError, Sample, list_categories, list_samples, load_image,
+                              load_mask)
+
+
+def _img(path: Path, value: int = 128, mode: str = "RGB", size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = {"RGB": (value, value // 2, 255 - value), "L": value, "RGBA": (value, 0, 0, 255)}[mode]
+    Image.new(mode, (size, size), colour).save(path)
+    return path
+
+
+def _mask(path: Path, value: int = 255) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((8, 8), np.uint8)
+    arr[2:5, 3:6] = value
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def make_mvtec(root: Path, cat: str = "bottle") -> Path:
+    for stem in ("001", "000", "002"):
+        _img(root / cat / "train" / "good" / f"{stem}.png")
+    _img(root / cat / "test" / "good" / "000.png")
+    for defect in ("scratch", "broken_large"):
+        for stem in ("001", "000"):
+            _img(root / cat / "test" / defect / f"{stem}.png", 200)
+            _mask(root / cat / "ground_truth" / defect / f"{stem}_mask.png")
+    (root / "license.txt").write_text("fake")
+    return root
+
+
+def make_btad(root: Path, cat: str = "03", ext: str = ".bmp") -> Path:
+    for stem in ("0001", "0000"):
+        _img(root / cat / "train" / "ok" / f"{stem}{ext}")
+    _img(root / cat / "test" / "ok" / f"0000{ext}")
+    for stem in ("0001", "0002"):
+        _img(root / cat / "test" / "ko" / f"{stem}{ext}", 30)
+        _mask(root / cat / "ground_truth" / "ko" / f"{stem}{ext if cat == '03' else '.png'}")
+    return root
+
+
+def make_mvtec3d(root: Path, cat: str = "bagel") -> Path:
+    for split in ("train", "validation"):
+        _img(root / cat / split / "good" / "rgb" / "000.png")
+        (root / cat / split / "good" / "xyz").mkdir(parents=True)
+    _img(root / cat / "test" / "good" / "rgb" / "000.png")
+    _mask(root / cat / "test" / "good" / "gt" / "000.png", 0)
+    _img(root / cat / "test" / "crack" / "rgb" / "000.png")
+    _mask(root / cat / "test" / "crack" / "gt" / "000.png", 255)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["mvtec_ad", "embedded"])
+def test_mvtec_layout(tmp_path, kind):
+    root = make_mvtec(tmp_path)
+    assert list_categories(kind, root) == ["bottle"]
+    train = list_samples(kind, root, "bottle", "train")
+    assert [s.id for s in train] == ["train/good/000", "train/good/001", "train/good/002"]
+    assert all(s.label == 0 and s.mask is None and s.defect_type == "good" for s in train)
+    test = list_samples(kind, root, "bottle", "test")
+    assert [s.id for s in test] == ["test/broken_large/000", "test/broken_large/001", "test/good/000",
+                                    "test/scratch/000", "test/scratch/001"]
+    assert [s.label for s in test] == [1, 1, 0, 1, 1]
+    scratch = test[3]
+    assert scratch == Sample("test/scratch/000", root / "bottle/test/scratch/000.png", 1, "scratch",
+                             root / "bottle/ground_truth/scratch/000_mask.png")
+    assert test[2].mask is None
+    assert list_samples(kind, root, "bottle", "test") == test  # deterministic
+
+
+@pytest.mark.parametrize("cat,ext", [("01", ".bmp"), ("02", ".png"), ("03", ".bmp")])
+def test_btad_layout(tmp_path, cat, ext):
+    root = make_btad(tmp_path, cat, ext)
+    train = list_samples("btad", root, cat, "train")
+    assert [s.id for s in train] == ["train/good/0000", "train/good/0001"]
+    test = list_samples("btad", root, cat, "test")
+    assert [(s.id, s.label, s.defect_type) for s in test] == [
+        ("test/good/0000", 0, "good"), ("test/ko/0001", 1, "ko"), ("test/ko/0002", 1, "ko")]
+    mask_ext = ".bmp" if cat == "03" else ".png"
+    assert test[1].mask == root / cat / "ground_truth" / "ko" / f"0001{mask_ext}"
+    assert test[1].image.suffix == ext
+    assert load_mask(test[1].mask, 8).sum() == 9
+
+
+def test_mvtec3d_layout(tmp_path):
+    root = make_mvtec3d(tmp_path)
+    assert list_categories("mvtec3d", root) == ["bagel"]
+    train = list_samples("mvtec3d", root, "bagel", "train")
+    assert [s.id for s in train] == ["train/good/000"]  # validation ignored
+    assert train[0].image == root / "bagel/train/good/rgb/000.png"
+    test = list_samples("mvtec3d", root, "bagel", "test")
+    assert [(s.id, s.label, s.mask) for s in test] == [
+        ("test/crack/000", 1, root / "bagel/test/crack/gt/000.png"), ("test/good/000", 0, None)]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "RGB"])
+def test_load_image_modes(tmp_path, mode):
+    path = _img(tmp_path / f"x_{mode}.png", 100, mode, size=12)
+    out = load_image(path, 6)
+    assert out.shape == (3, 6, 6) and out.dtype == np.uint8
+    if mode == "L":
+        assert (out == 100).all()
+    if mode == "RGBA":
+        assert (out[0] == 100).all() and (out[1:] == 0).all()
+
+
+def test_load_image_palette_and_resize(tmp_path):
+    img = Image.new("P", (10, 4), 1)
+    img.putpalette([0, 0, 0, 10, 20, 30])
+    img.save(tmp_path / "p.png")
+    out = load_image(tmp_path / "p.png", 8)
+    assert out.shape == (3, 8, 8) and tuple(out[:, 0, 0]) == (10, 20, 30)
+
+
+@pytest.mark.parametrize("value", [255, 1])
+def test_load_mask_binarises(tmp_path, value):
+    m = load_mask(_mask(tmp_path / "m.png", value), 8)
+    assert m.dtype == np.uint8 and m.shape == (8, 8)
+    assert set(np.unique(m)) == {0, 1} and m.sum() == 9
+    up = load_mask(tmp_path / "m.png", 16)  # nearest: stays binary
+    assert set(np.unique(up)) == {0, 1} and up.sum() == 36
+    assert not load_mask(None, 5).any() and load_mask(None, 5).shape == (5, 5)
+
+
+def test_missing_category(tmp_path):
+    root = make_mvtec(tmp_path)
+    with pytest.raises(DatasetError) as err:
+        list_samples("mvtec_ad", root, "cable", "train")
+    assert str(root / "cable") in str(err.value) and "snakemake download_mvtec_ad" in str(err.value)
+
+
+def test_missing_mask(tmp_path):
+    root = make_mvtec(tmp_path)
+    gone = root / "bottle/ground_truth/scratch/001_mask.png"
+    gone.unlink()
+    with pytest.raises(DatasetError) as err:
+        list_samples("mvtec_ad", root, "bottle", "test")
+    assert str(root / "bottle/test/scratch/001.png") in str(err.value) and str(gone) in str(err.value)
+
+
+def test_empty_train(tmp_path):
+    root = make_btad(tmp_path, "01")
+    for p in (root / "01/train/ok").iterdir():
+        p.unlink()
+    with pytest.raises(DatasetError) as err:
+        list_samples("btad", root, "01", "train")
+    assert str(root / "01/train") in str(err.value) and "datasets.btad.root" in str(err.value)
+
+
+def test_unreadable_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    for loader in (load_image, load_mask):
+        with pytest.raises(DatasetError) as err:
+            loader(bad, 8)
+        assert str(bad) in str(err.value)
+    with pytest.raises(DatasetError, match="missing.png"):
+        load_image(tmp_path / "missing.png", 8)
+
+
+def test_bad_root_and_arguments(tmp_path):
+    with pytest.raises(DatasetError, match=str(tmp_path / "nope")):
+        list_categories("mvtec3d", tmp_path / "nope")
+    with pytest.raises(ValueError):
+        list_samples("visa", tmp_path, "x", "train")
+    with pytest.raises(ValueError):
+        list_samples("mvtec_ad", tmp_path, "x", "validation")
+    assert set(KINDS) == {"embedded", "mvtec_ad", "btad", "mvtec3d"}

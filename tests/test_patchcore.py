@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adbench.metrics import roc_auc
+from baselines.patchcore import PatchCore, greedy_coreset, nearest_distances, patch_embeddings
+
+
+def _naive_greedy(z: torch.Tensor, n: int, start: torch.Tensor) -> list[int]:
+    """The public code's loop, written plainly: full distance update every step."""
+    min_d = torch.cdist(z, z[start]).mean(1)
+    chosen = []
+    for _ in range(n):
+        i = int(torch.argmax(min_d))
+        chosen.append(i)
+        min_d = torch.minimum(min_d, torch.cdist(z, z[i:i + 1])[:, 0])
+    return chosen
+
+
+def test_lazy_greedy_selects_the_same_points_as_the_plain_loop():
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(1))
+    got = greedy_coreset(x, 200, projection_dim=0, start_points=10, generator=torch.Generator().manual_seed(5),
+                         block=256, progress=False)
+    start = torch.randint(3000, (10,), generator=torch.Generator().manual_seed(5))
+    assert got.tolist() == _naive_greedy(x, 200, start)
+
+
+def test_embeddings_follow_the_public_recipe():
+    """Shapes, and one patch computed by hand: unfold 3x3, upsample level 1, pool per level, pool stacked."""
+    g = torch.Generator().manual_seed(0)
+    f0, f1 = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 4, 4, generator=g)
+    emb, grid = patch_embeddings([f0, f1], 3, pretrain_dim=16, target_dim=8)
+    assert grid == (8, 8) and emb.shape == (2 * 64, 8)
+    u0 = F.unfold(f0, 3, padding=1)[1, :, 9]  # image 1, patch (1, 1)
+    u1 = F.interpolate(F.unfold(f1, 3, padding=1).reshape(2, -1, 4, 4), size=(8, 8), mode="bilinear",
+                       align_corners=False).reshape(2, -1, 64)[1, :, 9]
+    p = [F.adaptive_avg_pool1d(u[None, None], 16)[0, 0] for u in (u0, u1)]
+    expected = F.adaptive_avg_pool1d(torch.cat(p)[None, None], 8)[0, 0]
+    torch.testing.assert_close(emb[64 + 9], expected)
+
+
+def test_nearest_distances_match_cdist():
+    g = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(500, 12, generator=g), torch.randn(90, 12, generator=g)
+    torch.testing.assert_close(nearest_distances(q, bank, chunk=128), torch.cdist(q, bank).min(1).values,
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("category", ["brick", "coins"])
+def test_coreset_stays_within_001_of_exact_search(embedded_splits, category):
+    train, test = embedded_splits(category)
+    exact = PatchCore({"coreset_ratio": 1.0}).fit(train).predict(test)
+    approx = PatchCore({"coreset_ratio": 0.1}).fit(train).predict(test)
+    assert abs(roc_auc(test.labels, exact.scores) - roc_auc(test.labels, approx.scores)) <= 0.01
+
+
+def test_scores_maps_determinism_and_round_trip(embedded_splits, tmp_path):
+    train, test = embedded_splits("brick")
+    a = PatchCore({}, seed=0).fit(train)
+    pa = a.predict(test)
+    assert pa.maps.shape == (len(test), test.image_size, test.image_size)
+    assert np.isfinite(pa.maps).all() and (pa.scores >= 0).all()
+    assert roc_auc(test.labels, pa.scores) > 0.8  # the texture category's local defects are easy
+    pb = PatchCore({}, seed=0).fit(train).predict(test)
+    np.testing.assert_array_equal(pa.scores, pb.scores)
+    a.save(tmp_path / "m.pt")
+    pc = PatchCore.load(tmp_path / "m.pt").predict(test)
+    np.testing.assert_array_equal(pa.maps, pc.maps)
