@@ -159,6 +159,12 @@ def _background(category: str, rng: np.random.Generator, size: int) -> np.ndarra
     return np.clip(base * rng.uniform(0.95, 1.05) + shade, 0, 1).astype(np.float32)
 
 
+def _rotate(part: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate an RGBA float part by ``angle`` degrees about its centre (bilinear, same size)."""
+    channels = [Image.fromarray(part[..., i]).rotate(angle, resample=Image.BILINEAR) for i in range(4)]
+    return np.stack([np.asarray(c, np.float32) for c in channels], axis=2)
+
+
 def _paste(canvas: np.ndarray, part: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
     """Alpha-blend RGBA ``part`` onto ``canvas`` at pixel ``centre``; returns the (H, W) alpha footprint."""
     side, size = part.shape[0], canvas.shape[0]
@@ -178,13 +184,14 @@ class ObjectScene:
 
     parts: list[int]
     centres: list[tuple[float, float]]
-    angles: list[int]
+    angles: list[float]  # degrees
 
 
 def _scene(category: str, rng: np.random.Generator, size: int) -> ObjectScene:
     slots = SLOTS[category]
     centres = [(r * size + rng.normal(0, size / 160), c * size + rng.normal(0, size / 160)) for r, c in slots]
-    angles = [int(rng.integers(0, 4)) if category == "coins" else 0 for _ in slots]
+    spread = 180.0 if category == "coins" else 6.0  # coins lie at any angle; tray items roughly upright
+    angles = [float(rng.uniform(-spread, spread)) for _ in slots]
     return ObjectScene(list(range(len(slots))), centres, angles)
 
 
@@ -194,8 +201,8 @@ def _render(category: str, scene: ObjectScene, rng: np.random.Generator, size: i
     side = int(size * (0.30 if category == "coins" else 0.36))
     parts = _parts(category, side)
     feet = []
-    for idx, centre, k in zip(scene.parts, scene.centres, scene.angles):
-        part = np.rot90(parts[idx], k) * np.asarray([*([rng.uniform(0.94, 1.06)] * 3), 1.0], np.float32)
+    for idx, centre, angle in zip(scene.parts, scene.centres, scene.angles):
+        part = _rotate(parts[idx], angle) * np.asarray([*([rng.uniform(0.92, 1.08)] * 3), 1.0], np.float32)
         feet.append(_paste(canvas, part, centre))
     return canvas, feet
 
