@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -97,12 +97,50 @@ class NullTracker:
         return None
 
 
+def epoch_means(
+    sums: Mapping[str, float], steps: int, epoch: int, tracker: Tracker | None = None
+) -> dict[str, float]:
+    """An epoch's mean training terms, ``sums`` (summed over ``steps`` optimiser steps) / ``steps``.
+
+    Also reported to ``tracker``, when given, as ``train_<term>`` at ``step=epoch``.
+    """
+    means = {k: v / max(steps, 1) for k, v in sums.items()}
+    if tracker is not None:
+        tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=epoch)
+    return means
+
+
+def merge_params(method_name: str, params: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's resolved params: ``defaults`` updated with ``params`` (a new dict, ``defaults``' key order).
+
+    Methods pass the result to ``AnomalyMethod.__init__``, so ``self.params``, and what ``save`` stores, is
+    the full set: a saved model never depends on later defaults.
+
+    Raises:
+        ValueError: ``params`` has keys that ``defaults`` lacks (a misspelt key would otherwise be ignored);
+            the message names them, e.g. ``unknown CFLOW params ['lr_rate']; known: [...]``.
+    """
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {method_name} params {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **params}
+
+
+def resolve_device(name: str) -> torch.device:
+    """A method's ``device`` param: ``auto`` picks CUDA when available; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 class AnomalyMethod(ABC):
     """Base class: ``Method(params, seed).fit(train).predict(test)``.
 
     Subclasses set ``name`` (the registry key), read their hyper-parameters from ``params`` (the
-    ``params`` mapping of the method's entry in the config) and keep all learnt state in
-    ``state_dict()``.  ``fit`` must be deterministic given ``seed`` on one machine.
+    ``params`` mapping of the method's entry in the config; ``merge_params`` resolves it against the
+    method's defaults) and keep all learnt state in ``state_dict()``.  ``fit`` must be deterministic given
+    ``seed`` on one machine.
     """
 
     name: ClassVar[str]

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from tqdm import tqdm
 
-from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker
+from adbench.neighbours import greedy_k_center, nearest_distances
+from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, merge_params
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "coreset_ratio": 0.1,
@@ -72,81 +72,13 @@ def _embed_chunk(features: list[torch.Tensor], patch_size: int, pretrain_dim: in
     return F.adaptive_avg_pool1d(torch.cat(pooled, dim=2), target_dim).squeeze(1)
 
 
-def greedy_coreset(x: torch.Tensor, n_select: int, projection_dim: int, start_points: int,
-                   generator: torch.Generator, block: int = 1024, progress: bool = True) -> torch.Tensor:
-    """Approximate greedy k-centre selection; returns ``n_select`` row indices of ``x`` (P, D).
-
-    Same selection as the public code's loop (each step takes the point farthest from the selected set),
-    computed lazily: points live in blocks of ``block`` rows; a block's distances to the set are brought up
-    to date, with one (block, k) @ (k, m) product for the m centres added since its last update, only when
-    its (stale, hence upper-bound) maximum is the largest of all blocks.  The chosen point is therefore
-    the exact farthest point, and the work becomes a few cache-resident matrix products instead of one
-    pass over the whole (P, k) matrix per step.
-    """
-    p, d = x.shape
-    if projection_dim and projection_dim < d:
-        weight = torch.empty(projection_dim, d)
-        bound = 1.0 / np.sqrt(d)  # torch.nn.Linear's default init, as the public code's mapper
-        weight.uniform_(-bound, bound, generator=generator)
-        z = x @ weight.T
-    else:
-        z = x.clone()
-    sq = (z * z).sum(1)
-    starts = torch.randint(p, (min(start_points, p),), generator=generator)
-    min_dist = torch.cdist(z, z[starts]).mean(1)  # (P,) approximate distance to the coreset
-    bounds = list(range(0, p, block)) + [p]
-    spans = list(zip(bounds[:-1], bounds[1:]))
-    block_max = torch.stack([min_dist[a:b].max() for a, b in spans])
-    applied = [0] * len(spans)  # how many selected centres each block's min_dist already includes
-    centres = torch.empty(n_select, z.shape[1])
-    centres_sq = torch.empty(n_select)
-    selected = torch.empty(n_select, dtype=torch.long)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of tiny products: worker threads would only spin and wait
-    try:
-        _greedy_loop(z, sq, min_dist, spans, block_max, applied, centres, centres_sq, selected, progress)
-    finally:
-        torch.set_num_threads(threads)
-    return selected
-
-
-def _greedy_loop(z, sq, min_dist, spans, block_max, applied, centres, centres_sq, selected, progress) -> None:
-    for i in tqdm(range(len(selected)), desc="coreset", unit="pt", disable=not progress, mininterval=1.0):
-        while True:
-            k = int(torch.argmax(block_max))
-            a, b = spans[k]
-            if applied[k] == i:
-                break
-            new = slice(applied[k], i)
-            d2 = sq[a:b, None] - 2.0 * z[a:b] @ centres[new].T + centres_sq[new]
-            nearest = d2.min(1).values.clamp_(min=0).sqrt_()
-            torch.minimum(min_dist[a:b], nearest, out=min_dist[a:b])
-            applied[k] = i
-            block_max[k] = min_dist[a:b].max()
-        idx = a + int(torch.argmax(min_dist[a:b]))
-        selected[i] = idx
-        centres[i] = z[idx]
-        centres_sq[i] = sq[idx]
-
-
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 8192) -> torch.Tensor:
-    """Euclidean distance of each query row to its nearest ``bank`` row (mean over the k nearest)."""
-    bank_sq = (bank * bank).sum(1)
-    out = torch.empty(len(queries))
-    for s in range(0, len(queries), chunk):
-        q = queries[s:s + chunk]
-        d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + bank_sq
-        out[s:s + chunk] = d2.topk(k, dim=1, largest=False).values.clamp_(min=0).sqrt_().mean(1)
-    return out
-
-
 class PatchCore(AnomalyMethod):
     """Memory bank of nominal patch features; anomaly = distance to the nearest memory entry."""
 
     name = "patchcore"
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__({**DEFAULT_PARAMS, **(params or {})}, seed)
+        super().__init__(merge_params("PatchCore", params, DEFAULT_PARAMS), seed)
         self.memory_bank: torch.Tensor | None = None
 
     def _embed(self, split: Split) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -162,7 +94,8 @@ class PatchCore(AnomalyMethod):
             else:
                 gen = torch.Generator().manual_seed(self.seed)
                 n = max(1, int(len(emb) * ratio))
-                idx = greedy_coreset(emb, n, self.params["projection_dim"], self.params["coreset_start_points"], gen)
+                idx = greedy_k_center(emb, n, gen, projection_dim=self.params["projection_dim"], projection="linear",
+                                      start_points=self.params["coreset_start_points"], block=1024, progress=True)
                 self.memory_bank = emb[idx].clone()
         if tracker is not None:
             tracker.log_metrics({"memory_bank_size": float(len(self.memory_bank))})
@@ -174,7 +107,8 @@ class PatchCore(AnomalyMethod):
             raise RuntimeError("PatchCore.predict called before fit")
         with torch.no_grad():
             emb, (h, w) = self._embed(test)
-            return nearest_distances(emb, self.memory_bank, self.params["num_neighbors"]).reshape(len(test), h, w)
+            dist = nearest_distances(emb, self.memory_bank, self.params["num_neighbors"], chunk=8192)
+            return dist.reshape(len(test), h, w)
 
     def predict(self, test: Split) -> Prediction:
         scores = self.patch_scores(test)

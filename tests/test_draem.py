@@ -1,0 +1,260 @@
+"""DRAEM, its Perlin masks and its anomaly sources, on small synthetic splits (64 px)."""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adbench.protocol import Split
+from baselines import anomaly_source as asrc
+from baselines.draem import (
+    DEFAULT_PARAMS,
+    DRAEM,
+    PAPER_PARAMS,
+    DiscriminativeNetwork,
+    ReconstructiveNetwork,
+    focal_loss,
+    ssim_loss,
+    synthesize_anomaly,
+)
+from baselines.perlin import perlin_mask, perlin_noise
+from synthetic import SIZE, RecordingTracker
+from synthetic import make_split as _make_split
+from synthetic import pooled_colour as fake_extractor  # images in [0, 1] -> the split's 4- and 6-channel levels
+
+make_split = partial(_make_split, features=lambda split: fake_extractor(split.images.float() / 255))
+
+
+FIT_PARAMS = {"epochs": 20, "resolution": None, "lr": 1e-3, "progress": False}
+TINY = {"epochs": 1, "resolution": 32, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple[Split, Split]:
+    return make_split(24, 0, seed=0), make_split(8, 8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(splits):
+    train, test = splits
+    tracker = RecordingTracker()
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    method = DRAEM(FIT_PARAMS, seed=0).fit(train, tracker=tracker)
+    leaked = not torch.equal(torch_state, torch.get_rng_state()) or not np.array_equal(
+        np_state[1], np.random.get_state()[1]
+    )
+    return method, method.predict(test), tracker, leaked
+
+
+# ------------------------------------------------------------------------------------------ Perlin
+def test_perlin_noise_shape_range_and_lattice_zeros():
+    noise = perlin_noise((64, 48), (4, 3), np.random.default_rng(0))
+    assert noise.shape == (64, 48)
+    assert np.all(np.abs(noise) <= np.sqrt(2) + 1e-9)
+    assert noise.std() > 0.05
+    # gradient noise vanishes on the lattice points (every 16 px here)
+    np.testing.assert_allclose(noise[::16, ::16], 0.0, atol=1e-12)
+    np.testing.assert_array_equal(noise, perlin_noise((64, 48), (4, 3), np.random.default_rng(0)))
+
+
+def test_perlin_mask_is_thresholded_noise():
+    shape = (64, 64)
+    for seed in range(5):
+        mask = perlin_mask(shape, np.random.default_rng(seed), rotation=0.0)
+        rng = np.random.default_rng(seed)
+        res = (2 ** int(rng.integers(0, 6)), 2 ** int(rng.integers(0, 6)))
+        expected = perlin_noise(shape, res, rng) > 0.5
+        assert mask.shape == shape and mask.dtype == np.float32
+        np.testing.assert_array_equal(mask, expected.astype(np.float32))
+
+
+def test_perlin_masks_binary_varied_and_rotated():
+    rng = np.random.default_rng(1)
+    masks = [perlin_mask((64, 64), rng) for _ in range(40)]
+    fractions = np.array([m.mean() for m in masks])
+    assert all(set(np.unique(m)) <= {0.0, 1.0} for m in masks)
+    assert (fractions > 0).mean() > 0.5 and fractions.max() < 0.6
+    assert len(set(np.round(fractions, 4))) > 20
+    low = perlin_mask((64, 64), np.random.default_rng(2), threshold=0.2, rotation=0.0)
+    high = perlin_mask((64, 64), np.random.default_rng(2), threshold=0.5, rotation=0.0)
+    assert np.all(low >= high) and low.sum() > high.sum()
+
+
+# ---------------------------------------------------------------------------------- anomaly source
+def test_offline_textures_deterministic_and_not_the_dataset_photos():
+    import inspect
+
+    import adbench.embedded
+
+    names = {name.split(".")[0] for _, name in asrc.PHOTOS}
+    assert not names & asrc.EXCLUDED_PHOTOS
+    source = inspect.getsource(adbench.embedded)
+    for name in names:  # the embedded dataset builds neither normals nor defects from these
+        assert f'"{name}"' not in source and f"'{name}'" not in source and f"data.{name}(" not in source
+    a, b = asrc.offline_textures(SIZE, seed=3), asrc.offline_textures(SIZE, seed=3)
+    assert len(a) == len(asrc.PHOTOS) * 4 + 32
+    for i in (0, len(a) - 1, len(a) - 5):
+        img = a.image(i)
+        assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
+        np.testing.assert_array_equal(img, b.image(i))
+    s1 = a.sample(np.random.default_rng(0))
+    np.testing.assert_array_equal(s1, b.sample(np.random.default_rng(0)))
+    assert s1.shape == (SIZE, SIZE, 3) and s1.dtype == np.uint8
+
+
+def test_every_augmenter_keeps_shape_and_range():
+    img = asrc.procedural_texture("cells", 32, np.random.default_rng(0)).astype(np.float64)
+    assert len(asrc.AUGMENTERS) == 10
+    for name, fn in asrc.AUGMENTERS:
+        out = fn(img.copy(), np.random.default_rng(1))
+        assert out.shape == img.shape, name
+        assert np.isfinite(out).all(), name
+    out = asrc.augment_texture(img.astype(np.uint8), np.random.default_rng(2))
+    assert out.shape == img.shape and out.dtype == np.uint8
+
+
+def test_dtd_source_reads_a_directory_and_names_the_missing_one(tmp_path):
+    from PIL import Image
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="snakemake download_dtd") as err:
+        asrc.make_anomaly_source("dtd", SIZE, dtd_root=missing)
+    assert str(missing) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="dtd_root"):
+        asrc.make_anomaly_source("dtd", SIZE)
+    for cls in ("banded", "dotted"):
+        (tmp_path / "dtd" / "images" / cls).mkdir(parents=True)
+        arr = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / "dtd" / "images" / cls / f"{cls}_0001.jpg")
+    source = asrc.make_anomaly_source("dtd", SIZE, dtd_root=tmp_path / "dtd")
+    assert len(source) == 2
+    assert source.sample(np.random.default_rng(0)).shape == (SIZE, SIZE, 3)
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        DRAEM({**TINY, "anomaly_source": "dtd", "dtd_root": str(missing)}).fit(make_split(8, 0, seed=5))
+
+
+def test_synthesized_anomaly_blends_texture_inside_the_mask():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (SIZE, SIZE, 3)).astype(np.float32)
+    source = asrc.offline_textures(SIZE, seed=0)
+    cfg = {**DEFAULT_PARAMS, "rotate_normal_p": 0.0}
+    target, aug, mask = synthesize_anomaly(image, source, np.random.default_rng(1), {**cfg, "clean_fraction": 1.0})
+    assert mask.sum() == 0 and np.array_equal(aug, image) and np.array_equal(target, image)
+    hits = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        target, aug, mask = synthesize_anomaly(image, source, rng, {**cfg, "clean_fraction": 0.0})
+        assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(aug[mask == 0], image[mask == 0])
+        np.testing.assert_array_equal(target, image)
+        if mask.sum():
+            hits += 1
+            assert not np.allclose(aug[mask == 1], image[mask == 1])
+        assert aug.min() >= 0 and aug.max() <= 1
+    assert hits >= 3
+
+
+# ------------------------------------------------------------------------------------ networks, losses
+def test_network_shapes_and_ssim_focal_values():
+    x = torch.rand(2, 3, 64, 64)
+    assert ReconstructiveNetwork(4)(x).shape == (2, 3, 64, 64)
+    assert DiscriminativeNetwork(6, 2, 4)(torch.cat([x, x], 1)).shape == (2, 2, 64, 64)
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-5)
+    y = torch.rand(2, 3, 64, 64)
+    # the separable window equals the 2-D Gaussian window
+    g = torch.exp(-((torch.arange(11.0) - 5) ** 2) / (2 * 1.5**2))
+    g = g / g.sum()
+    win = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
+
+    def blur(t):
+        return F.conv2d(t, win, padding=5, groups=3)
+
+    mu1, mu2 = blur(x), blur(y)
+    s11, s22, s12 = blur(x * x) - mu1**2, blur(y * y) - mu2**2, blur(x * y) - mu1 * mu2
+    ref = ((2 * mu1 * mu2 + 1e-4) * (2 * s12 + 9e-4)) / ((mu1**2 + mu2**2 + 1e-4) * (s11 + s22 + 9e-4))
+    assert float(ssim_loss(x, y)) == pytest.approx(1 - float(ref.mean()), abs=1e-5)
+    mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    perfect = torch.cat([1 - mask, mask], 1)
+    assert float(focal_loss(perfect, mask)) < 1e-3
+    half = torch.full((2, 2, 8, 8), 0.5)
+    assert float(focal_loss(half, mask)) == pytest.approx(0.25 * np.log(2), rel=1e-3)
+
+
+def test_params_defaults_and_validation():
+    assert PAPER_PARAMS["epochs"] == 700 and PAPER_PARAMS["batch_size"] == 8 and PAPER_PARAMS["base_width"] == 128
+    assert PAPER_PARAMS["lr"] == 1e-4 and PAPER_PARAMS["disc_base_width"] == 64 and PAPER_PARAMS["resolution"] is None
+    assert DRAEM({"epochs": 3}).cfg["epochs"] == 3 and DRAEM().cfg["base_width"] == DEFAULT_PARAMS["base_width"]
+    with pytest.raises(ValueError, match="unknown DRAEM params"):
+        DRAEM({"epoch": 3})
+    with pytest.raises(ValueError, match="reconstruction"):
+        DRAEM({"reconstruction": "pretrained"})
+    with pytest.raises(RuntimeError):
+        DRAEM().predict(make_split(1, 0, seed=0))
+
+
+# ----------------------------------------------------------------------------------------- the method
+def test_prediction_shapes_and_ranges(fitted, splits):
+    _, pred, _, _ = fitted
+    test = splits[1]
+    assert pred.scores.shape == (len(test),) and pred.maps.shape == (len(test), SIZE, SIZE)
+    assert np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()
+    assert pred.maps.min() >= 0.0 and pred.maps.max() <= 1.0
+    assert pred.scores.min() >= 0.0 and pred.scores.max() <= 1.0
+
+
+def test_training_lowers_the_loss_and_logs_each_epoch(fitted):
+    method, _, tracker, leaked = fitted
+    assert len(method.history) == FIT_PARAMS["epochs"]
+    assert np.mean(method.history[-3:]) < 0.7 * method.history[0]
+    assert [step for _, step in tracker.calls] == list(range(FIT_PARAMS["epochs"]))
+    assert set(tracker.calls[0][0]) == {"train_loss", "train_l2", "train_ssim", "train_focal"}
+    assert tracker.calls[-1][0]["train_loss"] == pytest.approx(method.history[-1])
+    assert not leaked, "fit changed the global torch/numpy random state"
+
+
+def test_anomalies_score_higher_than_normals(fitted, splits):
+    from adbench.metrics import roc_auc
+
+    _, pred, _, _ = fitted
+    test = splits[1]
+    normal, anomalous = pred.scores[test.labels == 0], pred.scores[test.labels == 1]
+    assert anomalous.mean() > normal.mean()
+    assert roc_auc(test.labels, pred.scores) >= 0.8
+    assert roc_auc(test.masks.numpy().ravel(), pred.maps.ravel()) >= 0.8
+
+
+def test_save_load_round_trip(fitted, splits, tmp_path):
+    method, pred, _, _ = fitted
+    method.save(tmp_path / "draem.pt")
+    loaded = DRAEM.load(tmp_path / "draem.pt")
+    again = loaded.predict(splits[1])
+    np.testing.assert_array_equal(again.scores, pred.scores)
+    np.testing.assert_array_equal(again.maps, pred.maps)
+    assert loaded.history == method.history
+
+
+def test_deterministic_given_seed():
+    train, test = make_split(8, 0, seed=3), make_split(2, 2, seed=4)
+    a = DRAEM(TINY, seed=7).fit(train).predict(test)
+    b = DRAEM(TINY, seed=7).fit(train).predict(test)
+    c = DRAEM(TINY, seed=8).fit(train).predict(test)
+    np.testing.assert_array_equal(a.maps, b.maps)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.maps, c.maps)
+
+
+def test_backbone_reconstruction_variant(tmp_path):
+    train, test = make_split(8, 0, seed=3), make_split(2, 2, seed=4)
+    params = {**TINY, "reconstruction": "backbone"}
+    with pytest.raises(RuntimeError, match="feature_extractor"):
+        DRAEM(params).fit(train)
+    method = DRAEM(params, seed=0, feature_extractor=fake_extractor).fit(train)
+    assert method.arch["feature_channels"] == 6 and method.arch["level"] == 1
+    pred = method.predict(test)  # uses the split's cached features, not the extractor
+    assert pred.maps.shape == (4, SIZE, SIZE) and np.isfinite(pred.scores).all()
+    method.save(tmp_path / "bb.pt")
+    again = DRAEM.load(tmp_path / "bb.pt").predict(test)
+    np.testing.assert_array_equal(again.maps, pred.maps)
