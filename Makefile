@@ -25,3 +25,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_patchcore.py --out results/benchmarks/patchcore_fit.json
+	$(BIN)/python benchmarks/bench_fod_step.py --out results/benchmarks/fod_step.json

@@ -1,13 +1,16 @@
 """One run of one method on one category, end to end: fit, then evaluate.
 
-``fit_run`` builds the method named in the config, fits it on the cached training split, saves the model
-and opens the MLflow run.  ``evaluate_run`` scores the cached test split and writes, under
+``fit_run`` builds the method named in the config, fits it on the cached training split and writes the
+model and ``run.json`` (params, config hash, git commit, fit time, per-epoch training losses).
+``evaluate_run`` scores the cached test split and writes, under
 ``results/<dataset>/<category>/<method>/seed<k>/``:
 
 * ``metrics.json``: every metric of ``adbench.metrics.evaluate`` plus the evaluation resolution, the
-  config hash, the git commit and the MLflow run id (so each number traces back to a run);
+  config hash and the git commit (the MLflow run is tagged with the same config hash and folder);
 * ``scores.csv``: one row per test image (``id, label, defect_type, score``) for significance tests;
-* ``maps.npz``: the pixel anomaly maps (float16, N x H x W) for plots.
+* ``maps.npz``: the pixel anomaly maps (float16, N x H x W) for plots; ``map_*.png``: a few of them.
+
+``adbench.tracking.log_runs`` then logs the folder to MLflow.
 """
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ import torch
 
 from adbench.features import cache_meta, load_split
 from adbench.metrics import evaluate as compute_metrics
-from adbench.protocol import AnomalyMethod, NullTracker, Prediction
+from adbench.protocol import AnomalyMethod, Prediction
 from adbench.registry import method_class
-from adbench.tracking import MlflowRun, git_commit
+from adbench.tracking import RecordingTracker, git_commit
 
 
 def run_config(config: dict, dataset: str, method: str, seed: int) -> dict[str, Any]:
@@ -50,29 +53,26 @@ def config_hash(cfg: dict[str, Any]) -> str:
 
 
 def build_method(config: dict, method: str, seed: int) -> AnomalyMethod:
+    """The method entry's class with its params; methods that train through the frozen backbone on
+    augmented images (DRAEM's ``reconstruction: backbone``) get it as ``feature_extractor``."""
     entry = config["methods"][method]
-    return method_class(entry["impl"])(entry.get("params", {}), seed)
+    model = method_class(entry["impl"])(entry.get("params", {}), seed)
+    if hasattr(model, "feature_extractor") and entry.get("params", {}).get("reconstruction") == "backbone":
+        from adbench.backbone import Backbone
 
-
-def _tracker(config: dict, dataset: str, category: str, method: str, seed: int, params: dict):
-    ml = config.get("mlflow", {})
-    if not ml.get("enabled", True):
-        return None
-    flat = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in params.items()}
-    return MlflowRun.create(
-        ml["tracking_uri"], ml["experiment"], f"{dataset}/{category}/{method}/seed{seed}", flat,
-        tags={"dataset": dataset, "category": category, "method": method},
-    )
+        model.feature_extractor = Backbone(config["backbone"]["name"], Path(config["backbone"]["weights_dir"]))
+    return model
 
 
 def fit_run(config: dict, dataset: str, category: str, method: str, seed: int,
             train_path: Path, model_path: Path, run_path: Path, test_path: Path | None = None) -> None:
-    """Fit ``method`` on the cached training split; write the model and ``run.json`` (run identity)."""
+    """Fit ``method`` on the cached training split; write the model and ``run.json`` (the run's identity,
+    fit time and per-epoch training losses, which ``adbench.tracking`` later logs to MLflow)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     cfg = run_config(config, dataset, method, seed)
     params = {**cfg, "category": category, "config_hash": config_hash(cfg), "git_commit": git_commit()}
-    run = _tracker(config, dataset, category, method, seed, params)
+    tracker = RecordingTracker()
     model = build_method(config, method, seed)
     train = load_split(train_path)
     kwargs = {}
@@ -82,37 +82,37 @@ def fit_run(config: dict, dataset: str, category: str, method: str, seed: int,
             raise ValueError(f"{method}: monitor_every needs the test split")
         kwargs["monitor"] = load_split(test_path)
     start = time.perf_counter()
-    model.fit(train, tracker=run or NullTracker(), **kwargs)
+    model.fit(train, tracker=tracker, **kwargs)
     fit_seconds = time.perf_counter() - start
     model.save(model_path)
-    identity = {**params, "fit_seconds": fit_seconds, "mlflow_run_id": run.run_id if run else None,
-                "image_size_cache": cache_meta(train_path).get("image_size")}
+    identity = {**params, "fit_seconds": fit_seconds, "image_size": cache_meta(train_path)["image_size"],
+                "history": tracker.history}
     Path(run_path).write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
-    if run:
-        run.log_metrics({"fit_seconds": fit_seconds})
+
+
+def _hot(values: np.ndarray) -> np.ndarray:
+    """(H, W) floats in [0, 1] -> (H, W, 3) uint8 with the "hot" colour ramp (black, red, yellow, white)."""
+    v = np.clip(values, 0, 1)[..., None] * 3.0
+    return (np.clip(v - np.array([0.0, 1.0, 2.0]), 0, 1) * 255).astype(np.uint8)
 
 
 def _map_images(prediction: Prediction, test, out_dir: Path, count: int = 4) -> list[Path]:
-    """PNGs of image | map | mask for the ``count`` highest-scoring anomalous test images."""
-    import matplotlib
+    """PNGs of image | map | mask for the ``count`` highest-scoring anomalous test images.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Maps share one colour scale over the split (min to max of all maps), so panels are comparable.
+    """
+    from PIL import Image
 
+    low, high = float(prediction.maps.min()), float(prediction.maps.max())
     anomalous = np.flatnonzero(test.labels == 1)
-    picks = anomalous[np.argsort(-prediction.scores[anomalous])][:count]
+    picks = anomalous[np.argsort(-prediction.scores[anomalous], kind="stable")][:count]
     paths = []
     for i in picks:
-        fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.6))
-        axes[0].imshow(test.images[i].permute(1, 2, 0).numpy())
-        axes[1].imshow(prediction.maps[i], cmap="inferno")
-        axes[2].imshow(test.masks[i].numpy(), cmap="gray")
-        for ax, title in zip(axes, (test.ids[i], f"score {prediction.scores[i]:.3g}", "mask")):
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
+        image = test.images[i].permute(1, 2, 0).numpy()
+        heat = _hot((prediction.maps[i] - low) / (high - low + 1e-12))
+        mask = np.repeat(test.masks[i].numpy()[..., None] * 255, 3, axis=2).astype(np.uint8)
         path = out_dir / f"map_{test.ids[i].replace('/', '_')}.png"
-        fig.savefig(path, dpi=80, bbox_inches="tight")
-        plt.close(fig)
+        Image.fromarray(np.concatenate([image, heat, mask], axis=1)).save(path)
         paths.append(path)
     return paths
 
@@ -129,6 +129,9 @@ def evaluate_run(config: dict, method: str, test_path: Path, model_path: Path, r
     masks = test.masks.numpy()
     if prediction.maps.shape != masks.shape:
         raise ValueError(f"{method} returned maps of shape {prediction.maps.shape}, expected {masks.shape}")
+    if not (np.isfinite(prediction.scores).all() and np.isfinite(prediction.maps).all()):
+        raise ValueError(f"{method} ({model_path}) produced non-finite scores or maps on {test_path}; "
+                         f"its training losses are in {run_path} (history)")
     metrics = compute_metrics(test.labels, prediction.scores, masks, prediction.maps)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,23 +139,17 @@ def evaluate_run(config: dict, method: str, test_path: Path, model_path: Path, r
         **metrics, **prediction.extra,
         "evaluation_resolution": test.image_size, "n_test": len(test), "n_anomalous": int(test.labels.sum()),
         "predict_seconds": predict_seconds, "fit_seconds": identity["fit_seconds"],
-        **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "seed", "backbone", "config_hash",
-                                    "git_commit", "mlflow_run_id")},
+        **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "seed", "backbone",
+                                    "config_hash", "git_commit")},
     }
     import pandas as pd
 
     pd.DataFrame({"id": test.ids, "label": test.labels, "defect_type": test.defect_types,
                   "score": prediction.scores}).to_csv(out_dir / "scores.csv", index=False)
     np.savez_compressed(out_dir / "maps.npz", maps=prediction.maps.astype(np.float16), ids=np.asarray(test.ids))
+    _map_images(prediction, test, out_dir)
     metrics_path = out_dir / "metrics.json"
     tmp = metrics_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    if identity.get("mlflow_run_id"):
-        run = MlflowRun(config["mlflow"]["tracking_uri"], identity["mlflow_run_id"])
-        run.log_metrics({k: v for k, v in {**metrics, **prediction.extra, "predict_seconds": predict_seconds}.items()
-                         if isinstance(v, (int, float))})
-        run.log_artifacts([tmp.rename(metrics_path), *_map_images(prediction, test, out_dir)])
-        run.finish()
-    else:
-        tmp.rename(metrics_path)
+    tmp.rename(metrics_path)  # last: its presence means the run folder is complete
     return record

@@ -67,3 +67,23 @@ def summarise_category(metrics_files: list[str], out: str) -> None:
 
     rows = [json.loads(Path(p).read_text()) for p in metrics_files]
     pd.DataFrame(rows).sort_values(["method", "seed"]).to_csv(out, index=False)
+
+
+def download_dtd(url: str, archive_dir: str, root: str, ready: str) -> None:
+    """DRAEM's anomaly source (Describable Textures Dataset): download, unpack into ``root``."""
+    from adbench.download import download, extract
+
+    archive = download(url, Path(archive_dir) / Path(url).name)
+    extract(archive, Path(root))
+    images = sorted(Path(root).rglob("*.jpg"))
+    if not images:
+        raise FileNotFoundError(f"{archive} unpacked into {root} without any .jpg: is it DTD?")
+    Path(ready).write_text(json.dumps({"url": url, "root": root, "images": len(images)}, indent=1))
+
+
+def track_category(run_dirs: list[str], tracking_uri: str, experiment: str, out: str) -> None:
+    """Log a category's run folders to MLflow; write ``{run_key: mlflow_run_id}`` to ``out``."""
+    from adbench.tracking import log_runs
+
+    ids = log_runs([Path(d) for d in run_dirs], tracking_uri, experiment)
+    Path(out).write_text(json.dumps(ids, indent=1, sort_keys=True))

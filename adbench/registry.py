@@ -11,6 +11,11 @@ from adbench.protocol import AnomalyMethod
 
 IMPLEMENTATIONS: dict[str, str] = {
     "patchcore": "baselines.patchcore:PatchCore",
+    "cflow": "baselines.cflow:CFlow",
+    "mkd": "baselines.mkd:MKD",
+    "draem": "baselines.draem:DRAEM",
+    "patchsvdd": "baselines.patchsvdd:PatchSVDD",
+    "fod": "fod.method:FOD",
 }
 
 

@@ -1,13 +1,20 @@
-"""MLflow logging for the workflow's runs.
+"""MLflow logging of the workflow's runs, one category at a time.
 
-One MLflow run per (dataset, category, method, seed): ``fit`` opens it (params, per-epoch training
-losses), ``evaluate`` reopens it by id (metrics, ``metrics.json``, a few anomaly-map images).  Snakemake
-runs jobs in parallel and SQLite answers "database is locked" under concurrent writers, so every write
-holds an exclusive ``fcntl`` lock on a file beside the database.
+``fit`` and ``evaluate`` write everything to files in the run folder (``run.json`` with the params and
+the per-epoch training losses, ``metrics.json``, ``map_*.png``); the ``track_category`` rule then logs
+every run of a category in one process.  Opening MLflow's SQLite store costs seconds per process (schema
+checks), so this keeps it out of the 100+ fit/evaluate jobs, and SQLite's "database is locked" under
+concurrent writers is avoided by an exclusive ``fcntl`` lock held while logging.
+
+Each MLflow run carries the tags ``run_key`` (``<dataset>/<category>/<method>/seed<k>``) and
+``metrics_sha`` (SHA-256 of its metrics.json): logging the same files twice reuses the run, while a rerun
+that changed the numbers gets a new MLflow run, so history is kept.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import subprocess
 from contextlib import contextmanager
@@ -30,13 +37,23 @@ def git_commit() -> str:
     return head.strip() + ("-dirty" if dirty.strip() else "")
 
 
+class RecordingTracker:
+    """A ``Tracker`` that keeps what a method logs during ``fit``: ``history`` = [(step, {name: value})]."""
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int | None, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.history.append((step, {k: float(v) for k, v in metrics.items()}))
+
+
 def _db_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
 
 
 @contextmanager
-def _locked(tracking_uri: str) -> Iterator[Any]:
-    """Import mlflow, point it at ``tracking_uri`` and hold the store's write lock."""
+def _store(tracking_uri: str) -> Iterator[Any]:
+    """An ``MlflowClient`` on ``tracking_uri`` while holding the store's write lock."""
     import mlflow
 
     db = _db_path(tracking_uri)
@@ -45,51 +62,58 @@ def _locked(tracking_uri: str) -> Iterator[Any]:
     with open(lock_path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            mlflow.set_tracking_uri(tracking_uri)
-            yield mlflow
+            yield mlflow.MlflowClient(tracking_uri=tracking_uri)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class MlflowRun:
-    """A handle on one MLflow run that can be reopened from another process by ``run_id``.
+def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = _db_path(tracking_uri)
+    artifacts = (db.parent.resolve() / "mlflow-artifacts").as_uri() if db else None
+    return client.create_experiment(name, artifact_location=artifacts)
 
-    Implements the ``Tracker`` protocol (``log_metrics``), so methods log training curves through it.
+
+def _flat(params: dict[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v) for k, v in params.items()}
+
+
+def log_runs(run_dirs: list[Path], tracking_uri: str, experiment: str) -> dict[str, str]:
+    """Log each run folder (``run.json`` + ``metrics.json`` + ``map_*.png``) as one MLflow run.
+
+    Returns ``{run_key: mlflow_run_id}``.
     """
+    from mlflow.entities import Metric, Param, RunTag
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
-
-    @classmethod
-    def create(cls, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any],
-               tags: dict[str, str] | None = None) -> "MlflowRun":
-        with _locked(tracking_uri) as mlflow:
-            client = mlflow.MlflowClient()
-            exp = client.get_experiment_by_name(experiment)
-            if exp is None:
-                db = _db_path(tracking_uri)
-                artifacts = (db.parent.resolve() / "mlflow-artifacts").as_uri() if db else None
-                exp_id = client.create_experiment(experiment, artifact_location=artifacts)
-            else:
-                exp_id = exp.experiment_id
-            run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
-            for key, value in params.items():
-                client.log_param(run.info.run_id, key, value)
-        return cls(tracking_uri, run.info.run_id)
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        with _locked(self.tracking_uri) as mlflow:
-            client = mlflow.MlflowClient()
-            for key, value in metrics.items():
-                client.log_metric(self.run_id, key, float(value), step=step or 0)
-
-    def log_artifacts(self, paths: list[Path]) -> None:
-        with _locked(self.tracking_uri) as mlflow:
-            client = mlflow.MlflowClient()
-            for path in paths:
-                client.log_artifact(self.run_id, str(path))
-
-    def finish(self, status: str = "FINISHED") -> None:
-        with _locked(self.tracking_uri) as mlflow:
-            mlflow.MlflowClient().set_terminated(self.run_id, status=status)
+    ids = {}
+    with _store(tracking_uri) as client:
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        for folder in map(Path, run_dirs):
+            identity = json.loads((folder / "run.json").read_text())
+            metrics_bytes = (folder / "metrics.json").read_bytes()
+            metrics = json.loads(metrics_bytes)
+            key = f"{identity['dataset']}/{identity['category']}/{identity['method']}/seed{identity['seed']}"
+            sha = hashlib.sha256(metrics_bytes).hexdigest()
+            found = client.search_runs([exp_id], f"tags.run_key = '{key}' and tags.metrics_sha = '{sha}'")
+            if found:
+                ids[key] = found[0].info.run_id
+                continue
+            run = client.create_run(exp_id, run_name=key, tags={"run_key": key, "metrics_sha": sha,
+                                                                 "run_dir": str(folder)})
+            run_id = run.info.run_id
+            params = {k: v for k, v in identity.items() if k != "history"}
+            numbers = [Metric(k, float(v), 0, 0) for k, v in metrics.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            curves = [Metric(name, value, 0, step or 0) for step, values in identity.get("history", [])
+                      for name, value in values.items()]
+            client.log_batch(run_id, metrics=numbers + curves,
+                             params=[Param(k, v) for k, v in _flat(params).items()],
+                             tags=[RunTag("config_hash", str(identity["config_hash"]))])
+            client.log_artifact(run_id, str(folder / "metrics.json"))
+            for png in sorted(folder.glob("map_*.png")):
+                client.log_artifact(run_id, str(png), artifact_path="maps")
+            client.set_terminated(run_id, status="FINISHED")
+            ids[key] = run_id
+    return ids

@@ -40,7 +40,7 @@ Adapted for the shared backbone and the feature cache:
       > 0 is refused with a ValueError;
     * the public code picks the epoch with the best *test* AUROC; here the last epoch is used.
 
-Reduced budget (``DEFAULT_PARAMS`` against ``PAPER_PARAMS``): 3 meta-epochs x 2 sub-epochs = 6 passes
+Reduced budget (``DEFAULT_PARAMS`` against ``PAPER_PARAMS``): 2 meta-epochs x 2 sub-epochs = 4 passes
 over the training fibres (public: 25 x 8 = 200) with one warm-up meta-epoch (public: 2); everything else
 (architecture, lr, batch, clamp, condition size) is the public code's.
 """
@@ -79,7 +79,7 @@ PAPER_PARAMS: dict[str, Any] = {
 
 #: Reduced budget of the embedded default configuration (about 20 s per category on 2 CPU cores at 128 px
 #: with ~60 training images).
-DEFAULT_PARAMS: dict[str, Any] = {**PAPER_PARAMS, "meta_epochs": 3, "sub_epochs": 2, "lr_warm_epochs": 1}
+DEFAULT_PARAMS: dict[str, Any] = {**PAPER_PARAMS, "meta_epochs": 2, "sub_epochs": 2, "lr_warm_epochs": 1}
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 

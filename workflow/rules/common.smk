@@ -4,6 +4,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from adbench.tables import ablation_label
+
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -21,9 +23,17 @@ def _check_config():
     for m in config["run"]["methods"]:
         if m not in config["methods"]:
             raise ValueError(f"run.methods names '{m}', which is not defined under methods: in the config")
-    t2 = config["tables"].get("table2")
-    if t2 and t2["dataset"] not in config["run"]["datasets"]:
-        raise ValueError(f"tables.table2.dataset '{t2['dataset']}' is not in run.datasets")
+    tables = config["tables"]
+    wanted = {"tables.table2": ([tables["table2"]["dataset"]], tables["table2"]["methods"])}
+    if "table4" in tables:
+        wanted["tables.table4"] = (tables["table4"]["datasets"], tables["table4"]["methods"])
+    for key, (datasets, methods) in wanted.items():
+        for ds in datasets:
+            if ds not in config["run"]["datasets"]:
+                raise ValueError(f"{key} uses dataset '{ds}', which is not in run.datasets")
+        for m in methods:
+            if m not in config["run"]["methods"]:
+                raise ValueError(f"{key} uses method '{m}', which is not in run.methods")
     # A backbone without local weights stops the run now, not after an hour of data preparation.
     from adbench.backbone import weights_file
 
@@ -53,11 +63,8 @@ def run_dir(dataset, category, method, seed):
 
 
 def fit_inputs(wildcards):
-    """Training features, plus the test features when the method monitors the test set."""
-    inputs = {"train": feature_path(wildcards.dataset, wildcards.category, "train")}
-    if config["methods"][wildcards.method].get("params", {}).get("monitor_every"):
-        inputs["test"] = feature_path(wildcards.dataset, wildcards.category, "test")
-    return inputs
+    """The category's cached training and test features."""
+    return {split: feature_path(wildcards.dataset, wildcards.category, split) for split in ("train", "test")}
 
 
 def category_metrics(wildcards):
@@ -66,6 +73,13 @@ def category_metrics(wildcards):
         for m in config["run"]["methods"]
         for s in config["run"]["seeds"]
     ]
+
+
+def category_tracking(wildcards):
+    """The category's MLflow record, when MLflow logging is on."""
+    if not config["mlflow"].get("enabled", True):
+        return []
+    return [f"{RESULTS}/{wildcards.dataset}/{wildcards.category}/mlflow.json"]
 
 
 def table2_metrics():
@@ -79,8 +93,21 @@ def table2_metrics():
     ]
 
 
+def table4_metrics():
+    t4 = config["tables"]["table4"]
+    return [
+        f"{run_dir(ds, c, m, s)}/metrics.json"
+        for ds in t4["datasets"]
+        for c in config["datasets"][ds]["categories"]
+        for m in t4["methods"]
+        for s in config["run"]["seeds"]
+    ]
+
+
 def all_tables_inputs():
     outputs = [f"{RESULTS}/tables/table2.csv", f"{RESULTS}/tables/table2.md"]
+    if "table4" in config["tables"]:
+        outputs += [f"{RESULTS}/tables/table4.csv", f"{RESULTS}/tables/table4.md"]
     outputs += [
         f"{RESULTS}/{ds}/{c}/summary.csv"
         for ds in config["run"]["datasets"]

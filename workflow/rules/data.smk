@@ -42,3 +42,22 @@ for _ds, _entry in config["datasets"].items():
             input:
                 f"{RESULTS}/data/{_ds}/dataset.ready",
             default_target: False
+
+
+rule download_dtd:
+    """DRAEM's original anomaly source; set the draem params `anomaly_source: dtd` and
+    `dtd_root: <results>/data/dtd` to use it (the default uses offline textures)."""
+    output:
+        f"{RESULTS}/data/dtd.ready",
+    params:
+        url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+        root=f"{RESULTS}/data/dtd",
+        archive_dir=f"{RESULTS}/downloads",
+    log:
+        f"{RESULTS}/logs/download_dtd.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/download_dtd.tsv"
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/download_dtd.py"

@@ -1,29 +1,12 @@
-# Stage 4: score the test split, compute the metrics, log to MLflow.
-
-
-rule evaluate:
-    input:
-        test=lambda w: feature_path(w.dataset, w.category, "test"),
-        model=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/model.pt",
-        run=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/run.json",
-    output:
-        metrics=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/metrics.json",
-        scores=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/scores.csv",
-        maps=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/maps.npz",
-    threads: 1
-    log:
-        f"{RESULTS}/logs/evaluate/{{dataset}}/{{category}}/{{method}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{category}}/{{method}}/seed{{seed}}.tsv"
-    conda:
-        "../envs/suite.yaml"
-    script:
-        "../scripts/evaluate.py"
+# Stage 4: per-category summaries and MLflow logging of the runs' metrics (written by fit_evaluate).
 
 
 rule category_summary:
+    """One CSV per category (every run's metrics.json as a row); the target for rerunning a category,
+    which includes its MLflow logging."""
     input:
-        category_metrics,
+        metrics=category_metrics,
+        tracked=category_tracking,
     output:
         f"{RESULTS}/{{dataset}}/{{category}}/summary.csv",
     log:
@@ -34,3 +17,22 @@ rule category_summary:
         "../envs/suite.yaml"
     script:
         "../scripts/category_summary.py"
+
+
+rule track_category:
+    """All runs of one category into MLflow, in one process (see adbench/tracking.py)."""
+    input:
+        category_metrics,
+    output:
+        f"{RESULTS}/{{dataset}}/{{category}}/mlflow.json",
+    params:
+        tracking_uri=config["mlflow"]["tracking_uri"],
+        experiment=config["mlflow"]["experiment"],
+    log:
+        f"{RESULTS}/logs/track_category/{{dataset}}/{{category}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/track_category/{{dataset}}/{{category}}.tsv"
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/track_category.py"

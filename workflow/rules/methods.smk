@@ -1,18 +1,23 @@
-# Stage 3: fit each method on a category's cached training split.
+# Stage 3: fit each method on a category's cached training split and evaluate it on the test split.
+# One job does both (adbench.evaluate.fit_run, then evaluate_run): a job's fixed cost (starting Python,
+# importing torch, reading the caches) is several seconds, comparable to a reduced-budget fit.
 
 
-rule fit:
+rule fit_evaluate:
     input:
         unpack(fit_inputs),
     output:
         model=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/model.pt",
         run=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/run.json",
+        metrics=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/metrics.json",
+        scores=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/scores.csv",
+        maps=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/maps.npz",
     threads: 1
     log:
-        f"{RESULTS}/logs/fit/{{dataset}}/{{category}}/{{method}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/fit_evaluate/{{dataset}}/{{category}}/{{method}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/fit/{{dataset}}/{{category}}/{{method}}/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/fit_evaluate/{{dataset}}/{{category}}/{{method}}/seed{{seed}}.tsv"
     conda:
         "../envs/suite.yaml"
     script:
-        "../scripts/fit.py"
+        "../scripts/fit_evaluate.py"

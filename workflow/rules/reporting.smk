@@ -18,3 +18,22 @@ rule table2:
         "../envs/suite.yaml"
     script:
         "../scripts/table2.py"
+
+
+rule table4:
+    input:
+        table4_metrics(),
+    output:
+        csv=f"{RESULTS}/tables/table4.csv",
+        md=f"{RESULTS}/tables/table4.md",
+    params:
+        labels={m: ablation_label(config["methods"][m]) for m in config["tables"]["table4"]["methods"]},
+        datasets=config["tables"]["table4"]["datasets"],
+    log:
+        f"{RESULTS}/logs/table4.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/table4.tsv"
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/table4.py"

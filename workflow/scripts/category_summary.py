@@ -1,4 +1,4 @@
 from adbench.jobs import job_context, summarise_category
 
 with job_context(snakemake.log[0], snakemake.threads):
-    summarise_category(list(snakemake.input), snakemake.output[0])
+    summarise_category(list(snakemake.input.metrics), snakemake.output[0])

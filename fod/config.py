@@ -1,0 +1,134 @@
+"""FOD's hyper-parameters: the two variant presets and the resolution of a method's ``params`` mapping.
+
+``variant`` picks a preset for every choice where the authors' code and the paper's text differ; any of
+those keys given explicitly overrides the preset.  See fod/README.md for the table.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fod.ablations import ABLATIONS
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "official": {  # the authors' public code
+        "pool": True,
+        "residual": False,
+        "prior": "anisotropic",
+        "rec": "mse_cos",
+        "entropy": "mean",
+        "corr_score": "max_minus",
+        "level_steps": "per_level",
+    },
+    "paper": {  # the paper's text
+        "pool": False,
+        "residual": True,
+        "prior": "isotropic",
+        "rec": "l2_cos",
+        "entropy": "sum",
+        "corr_score": "one_minus",
+        "level_steps": "joint",
+    },
+}
+
+DEFAULTS: dict[str, Any] = {
+    "variant": "official",
+    "intra": True,
+    "inter": True,
+    "reference": "mean",
+    "score": "rec_div",
+    "lambda1": 0.5,
+    "lambda2": 0.5,
+    "layers": 3,
+    "heads": 8,
+    "d_model": (256, 512),
+    "ffn_ratio": 4,
+    "lr": 1e-4,
+    "epochs": 10,
+    "batch_size": 1,
+    "monitor_every": 0,
+    "progress": True,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "variant": tuple(VARIANTS),
+    "prior": ("anisotropic", "isotropic"),
+    "rec": ("mse_cos", "l2_cos"),
+    "entropy": ("mean", "sum"),
+    "corr_score": ("max_minus", "one_minus"),
+    "level_steps": ("per_level", "joint"),
+    "reference": ("mean", "coreset"),
+    "score": ("rec_div", "rec", "div"),
+}
+
+
+@dataclass(frozen=True)
+class FODConfig:
+    """Resolved hyper-parameters (see fod/README.md for each key)."""
+
+    variant: str
+    pool: bool
+    residual: bool
+    prior: str
+    rec: str
+    entropy: str
+    corr_score: str
+    level_steps: str
+    intra: bool
+    inter: bool
+    reference: str
+    score: str
+    lambda1: float
+    lambda2: float
+    layers: int
+    heads: int
+    d_model: tuple[int, ...]
+    ffn_ratio: int
+    lr: float
+    epochs: int
+    batch_size: int
+    monitor_every: int
+    progress: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "d_model": list(self.d_model)}
+
+
+def resolve(params: dict[str, Any] | None) -> FODConfig:
+    """``params`` -> FODConfig: defaults, then the variant preset, then explicit keys, then the Table 4
+    row named by ``ablation`` (``fod.ablations.ABLATIONS``), if any.
+
+    Raises ``ValueError`` on unknown keys or values.
+    """
+    params = dict(params or {})
+    ablation = params.pop("ablation", None)
+    if ablation is not None:
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown FOD ablation {ablation!r}; known: {sorted(ABLATIONS)}")
+        params.update(ABLATIONS[ablation])
+    known = {f.name for f in fields(FODConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown FOD params {unknown}; known: {sorted(known)}")
+    variant = params.get("variant", DEFAULTS["variant"])
+    if variant not in VARIANTS:
+        raise ValueError(f"FOD variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    values = {**DEFAULTS, **VARIANTS[variant], **params}
+    for key, allowed in CHOICES.items():
+        if values[key] not in allowed:
+            raise ValueError(f"FOD param {key} must be one of {allowed}, got {values[key]!r}")
+    values["d_model"] = tuple(int(d) for d in values["d_model"])
+    for key in ("lambda1", "lambda2", "lr"):
+        values[key] = float(values[key])
+    for key in ("layers", "heads", "ffn_ratio", "epochs", "batch_size", "monitor_every"):
+        values[key] = int(values[key])
+    for key in ("pool", "residual", "intra", "inter", "progress"):
+        values[key] = bool(values[key])
+    cfg = FODConfig(**values)
+    if cfg.score != "rec" and not (cfg.intra or cfg.inter):
+        raise ValueError("score 'div' and 'rec_div' need a correlation branch (intra or inter)")
+    if any(d % 4 or d % cfg.heads for d in cfg.d_model):
+        raise ValueError(f"every d_model must be divisible by 4 and by heads={cfg.heads}, got {cfg.d_model}")
+    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.monitor_every < 0:
+        raise ValueError("batch_size must be >= 1, epochs and monitor_every >= 0")
+    return cfg

@@ -1,0 +1,198 @@
+"""FOD as an ``AnomalyMethod``: training on cached backbone features, scoring, checkpoints.
+
+``FOD(params, seed).fit(train).predict(test)``; the model is in ``fod.model``, the losses in
+``fod.losses``, the scoring in ``fod.scoring``, the hyper-parameters in ``fod.config``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from adbench.metrics import roc_auc
+from adbench.protocol import AnomalyMethod, NullTracker, Prediction, Split, Tracker
+from fod.config import FODConfig, resolve
+from fod.losses import level_losses, reconstruction_error, token_divergence
+from fod.model import FODLevel
+from fod.reference import coreset_reference, mean_reference
+from fod.scoring import correlation_factor, image_scores, level_map, token_scores
+from fod.tokens import feature_tokens
+
+_EVAL_ELEMENTS = 1 << 24  # attention-map elements (per map) per scoring batch: sets the images per batch
+
+
+class FOD(AnomalyMethod):
+    """Focus the Discrepancy (Yao et al., ICCV 2023); params: see fod/README.md."""
+
+    name = "fod"
+
+    def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.config: FODConfig = resolve(self.params)
+        self.levels: nn.ModuleList | None = None
+        self.monitor_best: dict[str, float] = {}
+
+    def fit(self, train: Split, tracker: Tracker | None = None, monitor: Split | None = None) -> "FOD":
+        """Train one transformer per feature level on ``train.features``; with ``monitor_every: n`` also
+        score ``monitor`` every n epochs and keep the best image and pixel AUROC (reported in
+        ``Prediction.extra``, never as the headline)."""
+        cfg = self.config
+        if cfg.monitor_every and monitor is None:
+            raise ValueError("monitor_every > 0 needs fit(..., monitor=<split to score>)")
+        tracker = tracker or NullTracker()
+        if len(cfg.d_model) != len(train.features):
+            raise ValueError(f"d_model has {len(cfg.d_model)} entries for {len(train.features)} feature levels")
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        shapes, references = [], []
+        for features in train.features:
+            ref = self._reference(features, generator) if cfg.inter else None
+            n_reference = len(ref[0]) if ref is not None else 0
+            grid = list(features.shape[-2:])
+            shapes.append({"channels": features.shape[1], "grid": grid, "n_reference": n_reference})
+            references.append(ref)
+        self.levels = build_levels(self.config, shapes)
+        for level, ref in zip(self.levels, references):
+            if ref is not None:
+                level.set_reference(*ref)
+        optimizer = torch.optim.Adam(self.levels.parameters(), lr=cfg.lr)
+        self.monitor_best = {}
+        steps = math.ceil(len(train) / cfg.batch_size)
+        with tqdm(total=cfg.epochs * steps, desc="fod", disable=not cfg.progress) as bar:
+            for epoch in range(1, cfg.epochs + 1):
+                self.levels.train()
+                totals: dict[str, float] = {}
+                for batch in torch.randperm(len(train), generator=generator).split(cfg.batch_size):
+                    parts = training_step(self.levels, optimizer, [f[batch] for f in train.features], cfg)
+                    for key, value in parts.items():
+                        totals[key] = totals.get(key, 0.0) + value * len(batch)
+                    bar.update()
+                means = {key: value / len(train) for key, value in totals.items()}
+                tracker.log_metrics(means, step=epoch)
+                bar.set_postfix(epoch=epoch, rec=f"{means['rec']:.4f}")
+                if cfg.monitor_every and epoch % cfg.monitor_every == 0:
+                    self._monitor(monitor, epoch, tracker)
+        return self
+
+    def predict(self, test: Split) -> Prediction:
+        """Image scores (N,) and pixel maps (N, H, W); ``extra`` holds the best-on-test monitor numbers, if any."""
+        scores, maps = self._score(test)
+        return Prediction(scores=scores, maps=maps, extra=dict(self.monitor_best))
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.levels is None:
+            raise RuntimeError("FOD has not been fitted")
+        shapes = [
+            {"channels": lvl.head.out_features, "grid": list(lvl.grid), "n_reference": _n_reference(lvl)}
+            for lvl in self.levels
+        ]
+        return {
+            "config": self.config.as_dict(),
+            "shapes": shapes,
+            "weights": self.levels.state_dict(),
+            "monitor_best": dict(self.monitor_best),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.levels = build_levels(self.config, state["shapes"])
+        self.levels.load_state_dict(state["weights"])
+        self.monitor_best = dict(state["monitor_best"])
+
+    def _reference(self, features: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.reference == "mean":
+            return mean_reference(features, self.config.pool)
+        return coreset_reference(features, self.config.pool, generator)
+
+    @torch.no_grad()
+    def _score(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) image scores and (N, H, W) float32 maps at the split's image size."""
+        if self.levels is None:
+            raise RuntimeError("FOD has not been fitted")
+        cfg = self.config
+        self.levels.eval()
+        size = split.image_size
+        maps = torch.zeros(len(split), size, size)
+        branch = "inter" if cfg.inter else "intra"
+        for level, features in zip(self.levels, split.features):
+            length = level.grid[0] * level.grid[1]
+            per_batch = max(1, _EVAL_ELEMENTS // (cfg.heads * length * length))
+            for index in torch.arange(len(split)).split(per_batch):
+                tokens = feature_tokens(features[index], cfg.pool)
+                out = level(tokens)
+                rec = reconstruction_error(out.recon, tokens, cfg.rec) if cfg.score != "div" else None
+                factor = None
+                if cfg.score != "rec":
+                    factor = correlation_factor(token_divergence(getattr(out, branch)), branch, cfg.corr_score)
+                maps[index] += level_map(token_scores(rec, factor), level.grid, size)
+        maps = (maps / len(self.levels)).numpy()
+        return image_scores(maps), maps
+
+    def _monitor(self, split: Split, epoch: int, tracker: Tracker) -> None:
+        scores, maps = self._score(split)
+        aurocs = {
+            "image": roc_auc(split.labels, scores),
+            "pixel": roc_auc(split.masks.numpy().ravel(), maps.ravel()),
+        }
+        tracker.log_metrics({f"monitor_{k}_auroc": v for k, v in aurocs.items()}, step=epoch)
+        for kind, value in aurocs.items():
+            if value > self.monitor_best.get(f"best_on_test_{kind}_auroc", -math.inf):
+                self.monitor_best[f"best_on_test_{kind}_auroc"] = value
+                self.monitor_best[f"best_on_test_{kind}_epoch"] = float(epoch)
+
+
+def build_levels(cfg: FODConfig, shapes: list[dict[str, Any]]) -> nn.ModuleList:
+    """One ``FODLevel`` per entry of ``shapes`` ({"channels": C, "grid": [H, W], "n_reference": N}), fine to coarse."""
+    return nn.ModuleList(
+        FODLevel(
+            channels=shape["channels"],
+            grid=tuple(shape["grid"]),
+            d_model=d_model,
+            heads=cfg.heads,
+            layers=cfg.layers,
+            ffn_ratio=cfg.ffn_ratio,
+            intra=cfg.intra,
+            inter=cfg.inter,
+            residual=cfg.residual,
+            isotropic=cfg.prior == "isotropic",
+            n_reference=shape["n_reference"],
+        )
+        for shape, d_model in zip(shapes, cfg.d_model, strict=True)
+    )
+
+
+def training_step(
+    levels: nn.ModuleList, optimizer: torch.optim.Optimizer, features: list[torch.Tensor], cfg: FODConfig
+) -> dict[str, float]:
+    """One optimisation step on a batch: features[l] (B, C_l, H_l, W_l) per level.
+
+    Per level one backward pass of loss1 + loss2 (``fod.losses.LevelLosses``); the gradient is the mean
+    over the batch of the per-image gradients.  ``level_steps``: ``joint`` takes one optimizer step after
+    all levels; ``per_level`` does what the authors' code does under its pinned torch 1.13, whose
+    ``zero_grad()`` zeroes gradients instead of dropping them: zero, backward and step level by level, so
+    that every step also moves the other levels' parameters on their Adam momentum.
+    Returns each loss part averaged over the levels.
+    """
+    per_level = cfg.level_steps == "per_level"
+    if not per_level:
+        optimizer.zero_grad(set_to_none=True)
+    parts = []
+    for level, level_features in zip(levels, features):
+        if per_level:
+            optimizer.zero_grad(set_to_none=False)
+        target = feature_tokens(level_features, cfg.pool)
+        losses = level_losses(level(target), target, cfg)
+        (losses.loss1 + losses.loss2).backward()
+        parts.append(losses.parts)
+        if per_level:
+            optimizer.step()
+    if not per_level:
+        optimizer.step()
+    return {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}
+
+
+def _n_reference(level: FODLevel) -> int:
+    return level.reference.shape[0] if level.with_inter else 0
