@@ -120,6 +120,7 @@ def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(
 def test_dry_run_of_the_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "all_tables", ci=False)
     assert proc.returncode == 0, proc.output[-2000:]
+    assert re.search(r"Using workflow specific profile \S*profiles/default", proc.output)  # without a flag
     for category in ("brick", "grass", "gravel", "coins", "tray"):
         assert f"results/embedded/{category}/patchcore/seed0/metrics.json" in proc.stdout
 
