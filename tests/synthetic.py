@@ -122,3 +122,23 @@ def make_split(
     )
     split.features = features(split)
     return split
+
+
+def assert_round_trip(method, prediction, test, path) -> None:
+    """``save``/``load`` restores everything: identical predictions on ``test`` and the same history."""
+    method.save(path)
+    loaded = type(method).load(path)
+    again = loaded.predict(test)
+    np.testing.assert_array_equal(again.scores, prediction.scores)
+    np.testing.assert_array_equal(again.maps, prediction.maps)
+    assert loaded.history == method.history
+
+
+def assert_seeded(cls, params, train, test) -> None:
+    """Two fits with one seed predict identically; another seed predicts differently."""
+    a = cls(params, seed=7).fit(train).predict(test)
+    b = cls(params, seed=7).fit(train).predict(test)
+    c = cls(params, seed=8).fit(train).predict(test)
+    np.testing.assert_array_equal(a.maps, b.maps)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.maps, c.maps)

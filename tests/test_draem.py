@@ -21,7 +21,7 @@ from baselines.draem import (
     synthesize_anomaly,
 )
 from baselines.perlin import perlin_mask, perlin_noise
-from synthetic import SIZE, RecordingTracker
+from synthetic import SIZE, RecordingTracker, assert_round_trip, assert_seeded
 from synthetic import make_split as _make_split
 from synthetic import pooled_colour as fake_extractor  # images in [0, 1] -> the split's 4- and 6-channel levels
 
@@ -228,22 +228,11 @@ def test_anomalies_score_higher_than_normals(fitted, splits):
 
 def test_save_load_round_trip(fitted, splits, tmp_path):
     method, pred, _, _ = fitted
-    method.save(tmp_path / "draem.pt")
-    loaded = DRAEM.load(tmp_path / "draem.pt")
-    again = loaded.predict(splits[1])
-    np.testing.assert_array_equal(again.scores, pred.scores)
-    np.testing.assert_array_equal(again.maps, pred.maps)
-    assert loaded.history == method.history
+    assert_round_trip(method, pred, splits[1], tmp_path / "draem.pt")
 
 
 def test_deterministic_given_seed():
-    train, test = make_split(8, 0, seed=3), make_split(2, 2, seed=4)
-    a = DRAEM(TINY, seed=7).fit(train).predict(test)
-    b = DRAEM(TINY, seed=7).fit(train).predict(test)
-    c = DRAEM(TINY, seed=8).fit(train).predict(test)
-    np.testing.assert_array_equal(a.maps, b.maps)
-    np.testing.assert_array_equal(a.scores, b.scores)
-    assert not np.array_equal(a.maps, c.maps)
+    assert_seeded(DRAEM, TINY, make_split(8, 0, seed=3), make_split(2, 2, seed=4))
 
 
 def test_backbone_reconstruction_variant(tmp_path):

@@ -16,7 +16,7 @@ from baselines.patchsvdd import (
     SmallPatchEncoder,
     distribute_scores,
 )
-from synthetic import SIZE, RecordingTracker, pooled_colour
+from synthetic import SIZE, RecordingTracker, assert_round_trip, assert_seeded, pooled_colour
 from synthetic import make_split as _make_split
 
 # the stand-in 'backbone': pooled colour of the ImageNet-normalised images at strides 8 and 16
@@ -145,22 +145,11 @@ def test_anomalies_score_higher_than_normals(fitted, splits):
 
 def test_save_load_round_trip(fitted, splits, tmp_path):
     method, pred, _, _ = fitted
-    method.save(tmp_path / "psvdd.pt")
-    loaded = PatchSVDD.load(tmp_path / "psvdd.pt")
-    again = loaded.predict(splits[1])
-    np.testing.assert_array_equal(again.scores, pred.scores)
-    np.testing.assert_array_equal(again.maps, pred.maps)
-    assert loaded.history == method.history
+    assert_round_trip(method, pred, splits[1], tmp_path / "psvdd.pt")
 
 
 def test_deterministic_given_seed():
-    train, test = make_split(6, 0, seed=3), make_split(2, 2, seed=4)
-    a = PatchSVDD(TINY, seed=7).fit(train).predict(test)
-    b = PatchSVDD(TINY, seed=7).fit(train).predict(test)
-    c = PatchSVDD(TINY, seed=8).fit(train).predict(test)
-    np.testing.assert_array_equal(a.maps, b.maps)
-    np.testing.assert_array_equal(a.scores, b.scores)
-    assert not np.array_equal(a.maps, c.maps)
+    assert_seeded(PatchSVDD, TINY, make_split(6, 0, seed=3), make_split(2, 2, seed=4))
 
 
 def test_backbone_encoder_variant(tmp_path):
