@@ -131,7 +131,7 @@ def assert_round_trip(method, prediction, test, path) -> None:
     again = loaded.predict(test)
     np.testing.assert_array_equal(again.scores, prediction.scores)
     np.testing.assert_array_equal(again.maps, prediction.maps)
-    assert loaded.history == method.history
+    assert loaded.history == method.history and loaded.params == method.params
 
 
 def assert_seeded(cls, params, train, test) -> None:
@@ -142,3 +142,14 @@ def assert_seeded(cls, params, train, test) -> None:
     np.testing.assert_array_equal(a.maps, b.maps)
     np.testing.assert_array_equal(a.scores, b.scores)
     assert not np.array_equal(a.maps, c.maps)
+
+
+def fit_and_predict(method, train, test):
+    """Fit with a ``RecordingTracker``, predict ``test``; also report whether ``fit`` moved the global
+    torch or numpy random state (a seeded method must not). Returns (method, prediction, tracker, leaked)."""
+    tracker = RecordingTracker()
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    method.fit(train, tracker=tracker)
+    leaked = not torch.equal(torch_state, torch.get_rng_state()) or not np.array_equal(
+        np_state[1], np.random.get_state()[1])
+    return method, method.predict(test), tracker, leaked

@@ -10,7 +10,7 @@ import torch
 from adbench import metrics
 from adbench.protocol import Split
 from baselines.cflow import DEFAULT_PARAMS, PAPER_PARAMS, CFlow, CouplingBlock, positional_encoding_2d
-from synthetic import SIZE, RecordingTracker, synthetic_split
+from synthetic import SIZE, assert_round_trip, fit_and_predict, synthetic_split
 
 # Small but complete: 8 coupling blocks, 128-d condition; smaller fibre batches so a short fit takes steps.
 FAST = {"meta_epochs": 3, "sub_epochs": 2, "fiber_batch": 128, "lr": 1e-3}
@@ -23,10 +23,7 @@ def data() -> tuple[Split, Split]:
 
 @pytest.fixture(scope="module")
 def fitted(data):
-    train, test = data
-    tracker = RecordingTracker()
-    method = CFlow(FAST, seed=3).fit(train, tracker=tracker)
-    return method, method.predict(test), tracker
+    return fit_and_predict(CFlow(FAST, seed=3), *data)[:3]
 
 
 def test_coupling_block_is_invertible_with_exact_log_det():
@@ -99,13 +96,8 @@ def test_deterministic_given_seed(data, fitted):
 
 
 def test_save_load_round_trip(tmp_path, data, fitted):
-    _, test = data
     method, pred, _ = fitted
-    method.save(tmp_path / "model.pt")
-    loaded = CFlow.load(tmp_path / "model.pt")
-    assert loaded.params == method.params and loaded.history == method.history
-    again = loaded.predict(test)
-    assert np.array_equal(again.scores, pred.scores) and np.array_equal(again.maps, pred.maps)
+    assert_round_trip(method, pred, data[1], tmp_path / "model.pt")
 
 
 def test_learning_rate_schedule():

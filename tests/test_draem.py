@@ -21,7 +21,7 @@ from baselines.draem import (
     synthesize_anomaly,
 )
 from baselines.perlin import perlin_mask, perlin_noise
-from synthetic import SIZE, RecordingTracker, assert_round_trip, assert_seeded
+from synthetic import SIZE, assert_round_trip, assert_seeded, fit_and_predict
 from synthetic import make_split as _make_split
 from synthetic import pooled_colour as fake_extractor  # images in [0, 1] -> the split's 4- and 6-channel levels
 
@@ -39,14 +39,7 @@ def splits() -> tuple[Split, Split]:
 
 @pytest.fixture(scope="module")
 def fitted(splits):
-    train, test = splits
-    tracker = RecordingTracker()
-    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    method = DRAEM(FIT_PARAMS, seed=0).fit(train, tracker=tracker)
-    leaked = not torch.equal(torch_state, torch.get_rng_state()) or not np.array_equal(
-        np_state[1], np.random.get_state()[1]
-    )
-    return method, method.predict(test), tracker, leaked
+    return fit_and_predict(DRAEM(FIT_PARAMS, seed=0), *splits)
 
 
 # ------------------------------------------------------------------------------------------ Perlin

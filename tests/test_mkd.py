@@ -8,7 +8,7 @@ import torch
 from adbench import metrics
 from adbench.protocol import Split
 from baselines.mkd import DEFAULT_PARAMS, PAPER_PARAMS, MKD, Student, distillation_loss
-from synthetic import SIZE, RecordingTracker, synthetic_split
+from synthetic import SIZE, assert_round_trip, fit_and_predict, synthetic_split
 
 FAST = {"epochs": 12, "batch_size": 4}  # the default width (16); more, smaller steps than the default
 
@@ -20,10 +20,7 @@ def data() -> tuple[Split, Split]:
 
 @pytest.fixture(scope="module")
 def fitted(data):
-    train, test = data
-    tracker = RecordingTracker()
-    method = MKD(FAST, seed=3).fit(train, tracker=tracker)
-    return method, method.predict(test), tracker
+    return fit_and_predict(MKD(FAST, seed=3), *data)[:3]
 
 
 def test_student_shapes_and_loss():
@@ -89,13 +86,8 @@ def test_deterministic_given_seed(data, fitted):
 
 
 def test_save_load_round_trip(tmp_path, data, fitted):
-    _, test = data
     method, pred, _ = fitted
-    method.save(tmp_path / "model.pt")
-    loaded = MKD.load(tmp_path / "model.pt")
-    assert loaded.params == method.params and loaded.history == method.history
-    again = loaded.predict(test)
-    assert np.array_equal(again.scores, pred.scores) and np.array_equal(again.maps, pred.maps)
+    assert_round_trip(method, pred, data[1], tmp_path / "model.pt")
 
 
 def test_params():

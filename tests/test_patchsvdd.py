@@ -16,7 +16,7 @@ from baselines.patchsvdd import (
     SmallPatchEncoder,
     distribute_scores,
 )
-from synthetic import SIZE, RecordingTracker, assert_round_trip, assert_seeded, pooled_colour
+from synthetic import SIZE, assert_round_trip, assert_seeded, fit_and_predict, pooled_colour
 from synthetic import make_split as _make_split
 
 # the stand-in 'backbone': pooled colour of the ImageNet-normalised images at strides 8 and 16
@@ -34,14 +34,7 @@ def splits() -> tuple[Split, Split]:
 
 @pytest.fixture(scope="module")
 def fitted(splits):
-    train, test = splits
-    tracker = RecordingTracker()
-    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    method = PatchSVDD(FIT_PARAMS, seed=0).fit(train, tracker=tracker)
-    leaked = not torch.equal(torch_state, torch.get_rng_state()) or not np.array_equal(
-        np_state[1], np.random.get_state()[1]
-    )
-    return method, method.predict(test), tracker, leaked
+    return fit_and_predict(PatchSVDD(FIT_PARAMS, seed=0), *splits)
 
 
 # --------------------------------------------------------------------------------------- building blocks
