@@ -1,0 +1,386 @@
+"""MLflow logging (adbench.tracking): idempotent, crash-safe, and correct with many processes at once.
+
+The run folders are fakes with the files ``fit_run`` / ``evaluate_run`` write (run.json, metrics.json,
+map_*.png); every check reads the store back through ``MlflowClient``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from adbench import tracking
+from adbench.tracking import log_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+mlflow = pytest.importorskip("mlflow")
+from mlflow.entities import ViewType  # noqa: E402
+
+# A child process: logs its folders when told to go; optionally stalls inside logging (to be killed there).
+CHILD = r'''
+import json, sys, time
+from pathlib import Path
+
+spec = json.loads(Path(sys.argv[1]).read_text())
+import mlflow
+from adbench import tracking
+
+if spec.get("stall_after_batches"):
+    original, calls = mlflow.MlflowClient.log_batch, []
+
+    def log_batch(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == spec["stall_after_batches"]:  # metrics in, artifacts and FINISHED not yet
+            Path(spec["stalled"]).touch()
+            time.sleep(300)
+        return result
+
+    mlflow.MlflowClient.log_batch = log_batch
+Path(spec["ready"]).touch()
+deadline = time.monotonic() + 120
+while spec.get("go") and not Path(spec["go"]).exists():
+    if time.monotonic() > deadline:
+        sys.exit("no go signal")
+    time.sleep(0.02)
+ids = tracking.log_runs([Path(p) for p in spec["folders"]], spec["uri"], spec["experiment"])
+print(json.dumps(ids))
+'''
+
+
+def make_run(root: Path, category: str, method: str, seed: int = 0, dataset: str = "embedded",
+             auroc: float = 0.9) -> Path:
+    """A run folder as fit_run + evaluate_run leave it."""
+    folder = root / dataset / category / method / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"dataset": dataset, "dataset_kind": "embedded", "generator": {"seed": 0},
+           "backbone": "tf_efficientnet_lite0", "image_size": 64, "method": method, "impl": method, "params": {"k": 3}, "seed": seed}
+    chash = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    identity = {**cfg, "category": category, "config_hash": chash, "git_commit": "unknown", "fit_seconds": 1.5,
+                "history": [[0, {"loss": 1.0}], [1, {"loss": 0.5}], [2, {"loss": 0.25}]]}
+    (folder / "run.json").write_text(json.dumps(identity, indent=1, sort_keys=True))
+    metrics = {"image_auroc": auroc, "image_ap": 0.8, "image_f1_max": 0.7, "pixel_auroc": 0.95, "pixel_ap": 0.4,
+               "pixel_f1_max": 0.45, "pixel_aupro": 0.85, "evaluation_resolution": 64, "n_test": 20,
+               "n_anomalous": 12, "predict_seconds": 0.25, "fit_seconds": 1.5, "dataset": dataset,
+               "dataset_kind": "embedded", "category": category, "method": method, "seed": seed,
+               "backbone": "tf_efficientnet_lite0", "config_hash": chash, "git_commit": "unknown"}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    (folder / "map_scratch_000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + category.encode() + method.encode())
+    return folder
+
+
+def run_key(folder: Path) -> str:
+    identity = json.loads((folder / "run.json").read_text())
+    return f"{identity['dataset']}/{identity['category']}/{identity['method']}/seed{identity['seed']}"
+
+
+def runs_by_key(client, experiment: str) -> dict[str, list]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "", run_view_type=ViewType.ALL, max_results=1000)
+    grouped: dict[str, list] = {}
+    for run in runs:
+        grouped.setdefault(run.data.tags["run_key"], []).append(run)
+    return grouped
+
+
+def assert_complete(client, run, folder: Path) -> None:
+    """FINISHED, every numeric metric, the training curve, params and both artifacts."""
+    assert run.info.status == "FINISHED"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert {k: run.data.metrics[k] for k in numbers} == pytest.approx(numbers)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 0.25]
+    identity = json.loads((folder / "run.json").read_text())
+    assert run.data.params["config_hash"] == identity["config_hash"] == run.data.tags["config_hash"]
+    assert run.data.params["category"] == identity["category"] and run.data.params["params"] == '{"k": 3}'
+    assert run.data.tags["run_key"] == run_key(folder)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "maps"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "maps")] == ["maps/map_scratch_000.png"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the in-process tests (each uses its own experiment): ``(uri, client)``."""
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    return uri, mlflow.MlflowClient(tracking_uri=uri)
+
+
+def spawn(tmp_path: Path, name: str, spec: dict) -> subprocess.Popen:
+    spec_path = tmp_path / f"{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    script = tmp_path / "child.py"
+    if not script.exists():
+        script.write_text(CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # as in a Snakemake job
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.Popen([sys.executable, str(script), str(spec_path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def wait_for(paths: list[Path], procs: list[subprocess.Popen], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not all(p.exists() for p in paths):
+        for proc in procs:
+            if proc.poll() is not None and proc.returncode != 0:
+                pytest.fail(f"child exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"children not ready after {seconds} s: {[p.name for p in paths if not p.exists()]}")
+        time.sleep(0.05)
+
+
+def test_logging_the_same_folders_twice_returns_the_same_runs(store, tmp_path):
+    uri, client = store
+    folders = [make_run(tmp_path, "brick", "patchcore"), make_run(tmp_path, "brick", "fod", seed=1)]
+    first = log_runs(folders, uri, "idempotence")
+    assert set(first) == {"embedded/brick/patchcore/seed0", "embedded/brick/fod/seed1"}
+    assert log_runs(folders, uri, "idempotence") == first
+    assert log_runs(folders[1:], uri, "idempotence") == {"embedded/brick/fod/seed1": first["embedded/brick/fod/seed1"]}
+    grouped = runs_by_key(client, "idempotence")
+    assert {k: [r.info.run_id for r in v] for k, v in grouped.items()} == {k: [v] for k, v in first.items()}
+    for folder in folders:
+        assert_complete(client, grouped[run_key(folder)][0], folder)
+    # new numbers for the same run: a new MLflow run, the old one kept as history
+    changed = make_run(tmp_path, "brick", "patchcore", auroc=0.5)
+    second = log_runs([changed], uri, "idempotence")["embedded/brick/patchcore/seed0"]
+    assert second != first["embedded/brick/patchcore/seed0"]
+    runs = runs_by_key(client, "idempotence")["embedded/brick/patchcore/seed0"]
+    assert sorted(r.info.run_id for r in runs) == sorted([second, first["embedded/brick/patchcore/seed0"]])
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert client.get_run(second).data.metrics["image_auroc"] == 0.5
+
+
+def test_a_run_left_running_by_a_killed_process_is_not_taken_as_logged(store, tmp_path):
+    """What a SIGKILL between create_run and FINISHED leaves: a RUNNING run with the tags, no metrics."""
+    uri, client = store
+    folder = make_run(tmp_path, "coins", "cflow")
+    exp_id = tracking._experiment_id(client, "killed", uri)
+    sha = hashlib.sha256((folder / "metrics.json").read_bytes()).hexdigest()
+    stale = client.create_run(exp_id, run_name=run_key(folder),
+                              tags={"run_key": run_key(folder), "metrics_sha": sha, "run_dir": str(folder)})
+    ids = log_runs([folder], uri, "killed")
+    assert ids[run_key(folder)] != stale.info.run_id
+    grouped = runs_by_key(client, "killed")[run_key(folder)]
+    assert sorted(r.info.status for r in grouped) == ["FINISHED", "KILLED"]
+    assert_complete(client, client.get_run(ids[run_key(folder)]), folder)
+    old = client.get_run(stale.info.run_id)
+    assert old.info.status == "KILLED" and old.info.end_time is not None
+    assert "Interrupted" in old.data.tags["mlflow.note.content"]
+    assert log_runs([folder], uri, "killed") == ids  # and nothing more to do
+
+
+def test_an_error_while_logging_marks_the_run_failed(store, tmp_path, monkeypatch):
+    uri, client = store
+    folder = make_run(tmp_path, "coins", "mkd")
+
+    def broken(self, run_id, local_path, artifact_path=None):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.MlflowClient, "log_artifact", broken)
+        with pytest.raises(OSError, match="disk full"):
+            log_runs([folder], uri, "errors")
+    [failed] = runs_by_key(client, "errors")[run_key(folder)]
+    assert failed.info.status == "FAILED"
+    ids = log_runs([folder], uri, "errors")
+    assert ids[run_key(folder)] != failed.info.run_id
+    assert_complete(client, client.get_run(ids[run_key(folder)]), folder)
+    assert client.get_run(failed.info.run_id).info.status == "FAILED"
+    assert log_runs([folder], uri, "errors") == ids
+
+
+def test_experiments_get_their_own_ids_and_artifact_folders(store, tmp_path):
+    uri, client = store
+    root = Path(uri.removeprefix("sqlite:///")).parent.resolve()
+    first = tracking._experiment_id(client, "suite-one", uri)
+    second = tracking._experiment_id(client, "suite two/b", uri)
+    assert first != second
+    assert tracking._experiment_id(client, "suite-one", uri) == first
+    assert tracking._experiment_id(client, "suite two/b", uri) == second
+    one, two = client.get_experiment(first), client.get_experiment(second)
+    assert one.name == "suite-one" and two.name == "suite two/b"
+    assert one.artifact_location == (root / "mlflow-artifacts" / "suite-one").as_uri()
+    assert two.artifact_location.startswith((root / "mlflow-artifacts" / "suite_two_b-").as_uri())
+    # runs land in their experiment and its artifact folder
+    folder = make_run(tmp_path, "grass", "draem")
+    for name, exp in (("suite-one", one), ("suite two/b", two)):
+        run = client.get_run(log_runs([folder], uri, name)[run_key(folder)])
+        assert run.info.experiment_id == exp.experiment_id
+        assert run.info.artifact_uri.startswith(exp.artifact_location + "/")
+    # a deleted experiment is restored rather than failing every create_run
+    client.delete_experiment(second)
+    assert tracking._experiment_id(client, "suite two/b", uri) == second
+    assert client.get_experiment(second).lifecycle_stage == "active"
+
+
+def test_locked_database_is_retried_a_bounded_number_of_times(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setattr(tracking, "LOCKED_BACKOFF_S", 0.001)
+    locked = MlflowException(str(sqlite3.OperationalError("database is locked")), error_code="TEMPORARILY_UNAVAILABLE")
+    calls = []
+
+    def flaky(value):
+        calls.append(value)
+        if len(calls) < 3:
+            raise locked
+        return value
+
+    assert tracking._retry(flaky, 7) == 7 and calls == [7, 7, 7]
+    calls.clear()
+
+    def always(value):
+        calls.append(value)
+        raise locked
+
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracking._retry(always, 1)
+    assert len(calls) == tracking.LOCKED_RETRIES + 1
+    calls.clear()
+
+    def other(value):
+        calls.append(value)
+        raise MlflowException("no such run")
+
+    with pytest.raises(MlflowException, match="no such run"):
+        tracking._retry(other, 1)
+    assert calls == [1]  # only a locked database is retried
+    wrapped = RuntimeError("commit failed")
+    wrapped.__cause__ = sqlite3.OperationalError("database is locked")
+    assert tracking._is_locked(wrapped) and not tracking._is_locked(RuntimeError("locked out"))
+
+
+def test_a_reader_holding_the_database_only_delays_logging(store, tmp_path):
+    """As when ``mlflow ui`` reads the store while the workflow logs."""
+    uri, client = store
+    log_runs([make_run(tmp_path, "gravel", "patchcore")], uri, "reader")  # store and experiment exist
+    reader = sqlite3.connect(uri.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM runs").fetchall()  # holds a shared lock until COMMIT
+    commit = threading.Timer(1.0, reader.execute, ["COMMIT"])
+    commit.start()
+    try:
+        folder = make_run(tmp_path, "gravel", "fod")
+        ids = log_runs([folder], uri, "reader")
+    finally:
+        commit.cancel()
+        commit.join()
+        reader.close()
+    assert_complete(client, client.get_run(ids[run_key(folder)]), folder)
+
+
+def test_track_category_writes_mlflow_json_whole(store, tmp_path):
+    from adbench.jobs import track_category
+
+    uri, _ = store
+    folders = [make_run(tmp_path, "tray", m) for m in ("patchcore", "fod")]
+    out = tmp_path / "tray" / "mlflow.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text('{"stale": "x"}')
+    track_category([str(f) for f in folders], uri, "track", str(out))
+    assert json.loads(out.read_text()) == log_runs(folders, uri, "track")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mlflow.json"]  # no temporary left behind
+
+
+def test_a_sigkill_inside_logging_leaves_nothing_taken_for_logged(tmp_path):
+    """A real kill: the child logs 5 folders and is killed after the 3rd run's metrics, before its artifacts."""
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    folders = [make_run(tmp_path, "brick", m) for m in ("draem", "patchsvdd", "mkd", "patchcore", "cflow")]
+    stalled = tmp_path / "stalled"
+    proc = spawn(tmp_path, "killed", {"uri": uri, "experiment": "kill", "folders": [str(f) for f in folders],
+                                       "ready": str(tmp_path / "ready"), "stall_after_batches": 3,
+                                       "stalled": str(stalled)})
+    try:
+        wait_for([stalled], [proc], 120)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_group(proc)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    before = {k: [r.info.status for r in v] for k, v in runs_by_key(client, "kill").items()}
+    assert before == {run_key(folders[0]): ["FINISHED"], run_key(folders[1]): ["FINISHED"],
+                      run_key(folders[2]): ["RUNNING"]}
+    [stale] = runs_by_key(client, "kill")[run_key(folders[2])]
+    assert stale.data.metrics  # killed inside logging: metrics in, no artifacts, not FINISHED
+
+    ids = log_runs(folders, uri, "kill")  # the rerun (its lock was released by the kill)
+    grouped = runs_by_key(client, "kill")
+    assert set(grouped) == set(ids) == {run_key(f) for f in folders}
+    for folder in folders:
+        runs = grouped[run_key(folder)]
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        assert [r.info.run_id for r in finished] == [ids[run_key(folder)]]
+        assert_complete(client, finished[0], folder)
+    assert sorted(r.info.status for r in grouped[run_key(folders[2])]) == ["FINISHED", "KILLED"]
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert log_runs(folders, uri, "kill") == ids
+
+
+def test_eight_processes_logging_at_once_into_a_new_store(tmp_path):
+    """8 processes start logging together into a store that does not exist yet: 6 into one new
+    experiment, 2 into another; processes 0 and 1 also both log one shared folder."""
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    experiments = ["suite-a"] * 6 + ["suite b"] * 2
+    shared = make_run(tmp_path, "shared", "patchcore")
+    plan = []
+    for i, experiment in enumerate(experiments):
+        folders = [make_run(tmp_path, f"cat{i}", m, seed=s) for m, s in (("patchcore", 0), ("fod", 0), ("fod", 1))]
+        plan.append((experiment, folders + ([shared] if i < 2 else [])))
+    go = tmp_path / "go"
+    procs = [spawn(tmp_path, f"p{i}", {"uri": uri, "experiment": exp, "folders": [str(f) for f in folders],
+                                        "ready": str(tmp_path / f"ready{i}"), "go": str(go)})
+             for i, (exp, folders) in enumerate(plan)]
+    try:
+        wait_for([tmp_path / f"ready{i}" for i in range(len(procs))], procs, 120)
+        go.touch()  # all at once
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=180)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            kill_group(proc)
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        assert "database is locked" not in err and "was locked" not in err  # the lock serialised them
+    returned = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+    assert returned[0][run_key(shared)] == returned[1][run_key(shared)]  # logged once, found by the other
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    root = (tmp_path / "results").resolve()
+    for name in ("suite-a", "suite b"):
+        matching = [e for e in client.search_experiments(view_type=ViewType.ALL) if e.name == name]
+        assert len(matching) == 1
+        assert matching[0].artifact_location.startswith((root / "mlflow-artifacts").as_uri() + "/")
+        expected = {run_key(f): f for (exp, folders) in plan if exp == name for f in folders}
+        grouped = runs_by_key(client, name)
+        assert Counter({k: len(v) for k, v in grouped.items()}) == Counter({k: 1 for k in expected})
+        for key, [run] in grouped.items():
+            assert run.info.experiment_id == matching[0].experiment_id
+            assert run.info.artifact_uri.startswith(matching[0].artifact_location + "/")
+            assert_complete(client, run, expected[key])
+    for (exp, folders), ids in zip(plan, returned):
+        grouped = runs_by_key(client, exp)
+        assert ids == {run_key(f): grouped[run_key(f)][0].info.run_id for f in folders}
