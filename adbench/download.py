@@ -201,13 +201,14 @@ def _read_complete(root: Path) -> dict | None:
 
 
 def prepare_dataset(kind: str, root: Path, url: str, sha256: str | None, archive_dir: Path,
-                    categories: list[str] | None = None) -> Path:
+                    categories: list[str] | None = None, name: str | None = None) -> Path:
     """Download and unpack a dataset so that ``root/<category>/...`` holds it; return ``root``.
 
     The archive is kept in ``archive_dir``.  Each requested category (default: all found) is checked with
     :func:`adbench.datasets.list_samples` on both splits before ``root`` appears; ``root/.complete`` records
     ``kind``, ``url``, ``sha256`` (the archive's) and per-category counts.  A ``root`` already completed from
-    the same URL and holding the categories is returned as is.
+    the same URL and holding the categories is returned as is.  ``name`` is the dataset's key in the
+    config, for the messages.
     """
     root, archive_dir = Path(root), Path(archive_dir)
     sha256 = sha256.strip().lower() if sha256 else None
@@ -217,7 +218,7 @@ def prepare_dataset(kind: str, root: Path, url: str, sha256: str | None, archive
         return root
     if root.exists() and any(root.iterdir()):
         raise DownloadError(f"{root} exists but is not a completed download of {url}; "
-                            f"delete it (or choose another datasets.{kind}.root) and run again")
+                            f"delete it (or choose another datasets.{name or '<name>'}.root) and run again")
     name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or f"{kind}.archive"
     archive = download(url, archive_dir / name, sha256)
     digest = sha256 or sha256_file(archive)

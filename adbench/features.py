@@ -15,28 +15,28 @@ import torch
 from tqdm import tqdm
 
 from adbench.backbone import STRIDES, Backbone
-from adbench.datasets import Sample, list_samples, load_image, load_mask
+from adbench.datasets import list_samples, load_sample
 from adbench.protocol import Split
 
 CACHE_VERSION = 1
 
 
-def _decode(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
-    return load_image(sample.image, size), load_mask(sample.mask, size)
-
-
 def extract_split(
     kind: str, root: Path, category: str, split: str, backbone: Backbone, image_size: int,
-    batch_size: int = 16, progress: bool = True,
+    batch_size: int = 16, progress: bool = True, *, name: str | None = None, url: str | None = None,
 ) -> Split:
-    """Decode, resize and run ``backbone`` over every image of one split."""
-    samples = list_samples(kind, Path(root), category, split)
+    """Decode, resize and run ``backbone`` over every image of one split.
+
+    ``name`` and ``url`` (the dataset's config entry) word the fix in ``DatasetError`` messages; a mask
+    whose size differs from its image's stops extraction (``adbench.datasets.load_sample``).
+    """
+    samples = list_samples(kind, Path(root), category, split, name=name, url=url)
     images = np.empty((len(samples), 3, image_size, image_size), np.uint8)
     masks = np.empty((len(samples), image_size, image_size), np.uint8)
     levels: list[list[torch.Tensor]] = [[] for _ in STRIDES]
     bar = tqdm(total=len(samples), desc=f"features {category}/{split}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        decoded = pool.map(lambda s: _decode(s, image_size), samples)  # runs ahead of the backbone
+        decoded = pool.map(lambda s: load_sample(s, image_size, name=name, url=url), samples)  # runs ahead
         for start in range(0, len(samples), batch_size):
             stop = min(start + batch_size, len(samples))
             for i in range(start, stop):

@@ -8,6 +8,9 @@ and image-based ones (DRAEM, PatchSVDD, the MKD student) read the same file.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +113,54 @@ def epoch_means(
     return means
 
 
+class UnknownParamsError(ValueError):
+    """A method's params name keys its defaults lack (a misspelt key would otherwise be ignored).
+
+    Attributes:
+        method: the method's name, as in the message (e.g. ``"CFLOW"``).
+        unknown: the offending keys, sorted.
+        known: every key the method accepts, sorted.
+    """
+
+    def __init__(self, method: str, unknown: list[str], known: list[str]) -> None:
+        self.method, self.unknown, self.known = method, list(unknown), list(known)
+        super().__init__(f"unknown {method} params {self.unknown}; known: {self.known}")
+
+
+class ParamError(ValueError):
+    """One method param has a value that cannot work; ``fix`` says what it must be.
+
+    The config check (``adbench.registry.check_method_entry``) re-words it with the config key, e.g.
+    ``methods.fod.params.epochs = 0: must be >= 1 (0 epochs would train nothing)``.
+    """
+
+    def __init__(self, method: str, key: str, value: Any, fix: str) -> None:
+        self.method, self.key, self.value, self.fix = method, key, value, fix
+        super().__init__(f"{method} param {key} = {value!r}: {fix}")
+
+
+def check_epoch_counts(method: str, params: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Every ``params[key]`` for ``key`` in ``keys`` (those present) is a whole number >= 1.
+
+    These are the counts that drive training (epochs, meta-epochs, repeats): 0 trains nothing, so the
+    untrained model would score at chance without any error.
+
+    Raises:
+        ParamError: naming ``method``, the key and the value, e.g.
+            ``FOD param epochs = 0: must be >= 1 (0 epochs would train nothing)``.
+    """
+    for key in keys:
+        if key not in params:
+            continue
+        value = params[key]
+        whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            raise ParamError(method, key, value, "must be a whole number >= 1")
+        if value < 1:
+            what = f"{value} {key}" if key.endswith("epochs") else f"{key} = {value}"
+            raise ParamError(method, key, value, f"must be >= 1 ({what} would train nothing)")
+
+
 def merge_params(method_name: str, params: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """A method's resolved params: ``defaults`` updated with ``params`` (a new dict, ``defaults``' key order).
 
@@ -117,21 +168,107 @@ def merge_params(method_name: str, params: Mapping[str, Any] | None, defaults: M
     the full set: a saved model never depends on later defaults.
 
     Raises:
-        ValueError: ``params`` has keys that ``defaults`` lacks (a misspelt key would otherwise be ignored);
-            the message names them, e.g. ``unknown CFLOW params ['lr_rate']; known: [...]``.
+        UnknownParamsError: (a ``ValueError``) ``params`` has keys that ``defaults`` lacks (a misspelt key
+            would otherwise be ignored); the message names them, e.g.
+            ``unknown CFLOW params ['lr_rate']; known: [...]``.
     """
     params = dict(params or {})
+    if "device" in params and "device" not in defaults:  # DRAEM and PatchSVDD took one until issue 8
+        raise ParamError(method_name, "device", params["device"], "methods take no device param any more; "
+                         "remove it and set the top-level config key `device:` (auto, cpu, cuda or cuda:N)")
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown {method_name} params {unknown}; known: {sorted(defaults)}")
+        raise UnknownParamsError(method_name, unknown, sorted(defaults))
     return {**defaults, **params}
 
 
-def resolve_device(name: str) -> torch.device:
-    """A method's ``device`` param: ``auto`` picks CUDA when available; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class NonFiniteLossError(ValueError):
+    """A training loss became NaN or infinite; training stopped (see ``check_finite_losses``)."""
+
+
+def check_finite_losses(method: str, epoch: int, terms: Mapping[str, Any], step: int | None = None) -> None:
+    """Stop training when any loss term is NaN or infinite.
+
+    Every trained method calls this once per optimiser step with the terms it has just computed (plain
+    floats or 0-d tensors), so a diverging run stops at once instead of writing a model whose maps are
+    all NaN.
+
+    Args:
+        method: the method's name for the message (e.g. ``"FOD"``).
+        epoch: the epoch, counted from 1.
+        terms: loss term name -> value.
+        step: the optimiser step within the epoch, counted from 1 (optional).
+
+    Raises:
+        NonFiniteLossError: naming the method, the epoch (and step) and every term with its value.
+    """
+    values = {k: float(v) for k, v in terms.items()}
+    if all(math.isfinite(v) for v in values.values()):
+        return
+    where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+    listed = ", ".join(f"{k} = {v:.6g}" for k, v in values.items())
+    raise NonFiniteLossError(
+        f"{method}: non-finite training loss at {where} ({listed}); training stopped. Check the training split "
+        f"for NaN or infinite features/images (delete its feature cache file to rebuild it), or lower the "
+        f"method's lr")
+
+
+class DeviceError(ValueError):
+    """The ``device`` setting is not a device name, or names a device this machine does not have."""
+
+
+#: What the config's ``device`` setting accepts (the schema's pattern too).
+DEVICE_SETTING = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The config's ``device`` setting (or a ``torch.device``) -> the ``torch.device`` to run on.
+
+    ``auto``: the current CUDA device when torch finds one, else the CPU; ``cpu``; ``cuda`` (the current
+    CUDA device) or ``cuda:N``.  CUDA devices always come back with their index (``cuda:0``), so they
+    compare equal to the ``.device`` of the tensors placed on them.
+
+    Raises:
+        DeviceError: (a ``ValueError``) for any other name, or for a CUDA device torch cannot find; the
+            message names the setting and the fix (``device: cpu`` or ``device: auto``).
+    """
+    text = str(name).strip()
+    if not DEVICE_SETTING.fullmatch(text):
+        raise DeviceError(f"device = {str(name)!r} is not a device: set the config key `device:` to auto, cpu, "
+                          f"cuda or cuda:N")
+    if text == "cpu" or (text == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"device = {text!r} but torch finds no CUDA device on this machine (torch.cuda.is_available() is "
+            f"False: no GPU, no driver, or a CPU-only torch build); set `device: cpu`, or `device: auto` (CUDA "
+            f"when present, else the CPU), in the config")
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if text in ("auto", "cuda") else int(text.partition(":")[2])
+    if index >= count:
+        raise DeviceError(f"device = {text!r} but torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                          f"set `device:` to one of them, `cuda` or `auto`, in the config")
+    return torch.device("cuda", index)
+
+
+def device_name(device: torch.device) -> str:
+    """What to record about ``device`` next to its name: the GPU model for CUDA devices, else ``"cpu"``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def state_to_cpu(state: Any) -> Any:
+    """``state`` with every tensor (in nested dicts, lists and tuples) detached and on the CPU.
+
+    ``state_dict`` implementations return their state through it, so a checkpoint written on a GPU loads
+    on a machine without one.  CPU tensors come back as they are (no copy).
+    """
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: state_to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(state_to_cpu(v) for v in state)
+    return state
 
 
 class AnomalyMethod(ABC):
@@ -141,13 +278,54 @@ class AnomalyMethod(ABC):
     ``params`` mapping of the method's entry in the config; ``merge_params`` resolves it against the
     method's defaults) and keep all learnt state in ``state_dict()``.  ``fit`` must be deterministic given
     ``seed`` on one machine.
+
+    Devices: ``method.to(device)`` (before ``fit``, or after ``load``) sets ``self.device``, where ``fit``
+    trains and ``predict`` scores: networks and buffers live there and every batch of features or images
+    is moved there; networks are built and initialised on the CPU first and random draws come from CPU
+    generators, so only the arithmetic depends on the device.  ``predict`` returns numpy arrays (CPU) and
+    ``state_dict`` CPU tensors (``state_to_cpu``), so ``save``/``load(path, device=...)`` work across
+    devices.  The runner calls ``to`` with the config's ``device`` setting (``resolve_device``).
     """
 
     name: ClassVar[str]
+    #: The params that count passes over the training data (epochs, meta-epochs, repeats); each must be
+    #: >= 1, checked when the method is built.  Empty for methods that do not train (PatchCore).
+    epoch_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         self.params: dict[str, Any] = dict(params or {})
         self.seed = int(seed)
+        self.device = torch.device("cpu")
+        check_epoch_counts(type(self).__name__, self.params, self.epoch_params)
+
+    def to(self, device: str | torch.device) -> "AnomalyMethod":
+        """Run on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``; see
+        ``resolve_device``) from now on, and move what is already fitted there (``_place``); returns self."""
+        self.device = resolve_device(device)
+        self._place()
+        return self
+
+    def _place(self) -> None:
+        """Move the fitted state to ``self.device``: every ``torch.nn.Module`` attribute (in place), every
+        tensor attribute and every tensor value of a dict attribute.  Methods whose state lives elsewhere
+        override it."""
+        for key, value in list(vars(self).items()):
+            if isinstance(value, torch.nn.Module):
+                value.to(self.device)
+            elif isinstance(value, torch.Tensor):
+                setattr(self, key, value.to(self.device))
+            elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+                setattr(self, key, {k: v.to(self.device) for k, v in value.items()})
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The resolved params for ``params`` (defaults merged in), validated as ``__init__`` does, without
+        data and without building networks; the config check calls it for every method the run trains.
+
+        Raises:
+            UnknownParamsError, ParamError, ValueError: as ``__init__``.
+        """
+        return dict(cls(dict(params or {})).params)
 
     @abstractmethod
     def fit(self, train: Split, tracker: Tracker | None = None) -> "AnomalyMethod":
@@ -170,15 +348,18 @@ class AnomalyMethod(ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(
-            {"name": self.name, "params": self.params, "seed": self.seed, "state": self.state_dict()}, tmp
+            {"name": self.name, "params": self.params, "seed": self.seed, "state": state_to_cpu(self.state_dict())},
+            tmp,
         )
         tmp.replace(path)  # atomic: a killed job never leaves a half-written model
 
     @classmethod
-    def load(cls, path: str | Path) -> "AnomalyMethod":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "AnomalyMethod":
+        """The model ``save`` wrote to ``path``, on ``device`` (read onto the CPU first, so a checkpoint
+        written on any device loads on any other)."""
         blob = torch.load(Path(path), map_location="cpu", weights_only=False)
         if blob["name"] != cls.name:
             raise ValueError(f"{path} holds a '{blob['name']}' model, not '{cls.name}'")
         method = cls(blob["params"], blob["seed"])
         method.load_state_dict(blob["state"])
-        return method
+        return method.to(device)

@@ -6,8 +6,10 @@ classes are imported lazily so that running PatchCore never imports DRAEM's netw
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
-from adbench.protocol import AnomalyMethod
+from adbench.protocol import AnomalyMethod, ParamError, UnknownParamsError
 
 IMPLEMENTATIONS: dict[str, str] = {
     "patchcore": "baselines.patchcore:PatchCore",
@@ -27,3 +29,41 @@ def method_class(impl: str) -> type[AnomalyMethod]:
         raise KeyError(f"unknown method impl '{impl}'; known: {', '.join(sorted(IMPLEMENTATIONS))}") from None
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+class MethodConfigError(ValueError):
+    """A ``methods.<name>`` entry of the config cannot work; the message names the config key and the fix."""
+
+
+def check_method_entry(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve and validate the config entry ``methods.<name>`` before anything runs; return its params.
+
+    Checks that ``impl`` is registered, that every key of ``params`` is one the method knows and that the
+    values can work (e.g. every epoch count >= 1), through the class's ``check_params`` (cheap: no data,
+    no networks).  Returns the params merged with the method's defaults.
+
+    Raises:
+        MethodConfigError: (a ``ValueError``) naming the config key, the bad value and the fix, e.g.
+            ``methods.fod.params.epochs = 0: must be >= 1 (0 epochs would train nothing)``.
+    """
+    impl = entry.get("impl")
+    if impl not in IMPLEMENTATIONS:
+        raise MethodConfigError(
+            f"methods.{name}.impl = {impl!r} is not a registered method; set it to one of: "
+            f"{', '.join(sorted(IMPLEMENTATIONS))}")
+    params = entry.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise MethodConfigError(f"methods.{name}.params = {params!r}: must be a mapping of param: value")
+    cls = method_class(impl)
+    try:
+        return cls.check_params(dict(params))
+    except UnknownParamsError as err:
+        raise MethodConfigError(
+            f"methods.{name}.params has unknown keys {err.unknown} for impl {impl!r}: fix their spelling or "
+            f"remove them; known: {err.known}") from None
+    except ParamError as err:
+        raise MethodConfigError(f"methods.{name}.params.{err.key} = {err.value!r}: {err.fix}") from None
+    except (ValueError, TypeError) as err:
+        raise MethodConfigError(f"methods.{name}.params (impl {impl!r}): {err}") from None

@@ -56,7 +56,7 @@ from scipy.stats import special_ortho_group
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, merge_params
+from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, merge_params
 
 __all__ = ["CFlow", "ConditionalFlow", "CouplingBlock", "positional_encoding_2d", "DEFAULT_PARAMS", "PAPER_PARAMS"]
 
@@ -210,6 +210,7 @@ class CFlow(AnomalyMethod):
     """
 
     name: ClassVar[str] = "cflow"
+    epoch_params = ("meta_epochs", "sub_epochs")
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(merge_params("CFLOW", params, DEFAULT_PARAMS), seed)
@@ -276,7 +277,7 @@ class CFlow(AnomalyMethod):
                 step = 0
                 for sub in range(sub_epochs):
                     total, count, per_level = 0.0, 0, []
-                    for flow, (fib, table) in zip(self.flows, data):
+                    for flow, (fib, table), stride in zip(self.flows, data, train.strides):
                         perm = torch.randperm(len(fib), generator=gen)
                         n_batches = max(1, len(fib) // fibre_batch)
                         level_total, level_count = 0.0, 0
@@ -290,7 +291,10 @@ class CFlow(AnomalyMethod):
                             optimizer.zero_grad(set_to_none=True)
                             loss.mean().backward()
                             optimizer.step()
-                            level_total += float(loss.detach().sum())
+                            batch_total = float(loss.detach().sum())
+                            check_finite_losses("CFLOW", meta * sub_epochs + sub + 1,
+                                                {f"loss_s{stride}": batch_total / len(idx)}, b + 1)
+                            level_total += batch_total
                             level_count += len(idx)
                             step += 1
                         total, count = total + level_total, count + level_count

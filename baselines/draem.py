@@ -80,7 +80,8 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, epoch_means, merge_params, resolve_device
+from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means, merge_params,
+                              resolve_device)
 from baselines.anomaly_source import AnomalySource, make_anomaly_source
 from baselines.perlin import perlin_mask
 
@@ -371,6 +372,7 @@ class DRAEM(AnomalyMethod):
     """
 
     name = "draem"
+    epoch_params = ("epochs",)
 
     def __init__(
         self,
@@ -514,8 +516,10 @@ class DRAEM(AnomalyMethod):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                for k, v in (("loss", loss), ("l2", l2), ("ssim", ls), ("focal", lf)):
-                    sums[k] += float(v.detach())
+                terms = {k: float(v.detach()) for k, v in (("loss", loss), ("l2", l2), ("ssim", ls), ("focal", lf))}
+                check_finite_losses("DRAEM", epoch + 1, terms, steps + 1)
+                for k, v in terms.items():
+                    sums[k] += v
                 steps += 1
             sched.step()
             means = epoch_means(sums, steps, epoch, tracker)

@@ -54,7 +54,8 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.protocol import IMAGENET_MEAN, IMAGENET_STD, AnomalyMethod, Prediction, Split, Tracker, merge_params
+from adbench.protocol import (IMAGENET_MEAN, IMAGENET_STD, AnomalyMethod, Prediction, Split, Tracker,
+                              check_finite_losses, merge_params)
 
 __all__ = ["MKD", "Student", "distillation_loss", "discrepancy_maps", "DEFAULT_PARAMS", "PAPER_PARAMS"]
 
@@ -230,6 +231,7 @@ class MKD(AnomalyMethod):
     """
 
     name: ClassVar[str] = "mkd"
+    epoch_params = ("epochs",)
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(merge_params("MKD", params, DEFAULT_PARAMS), seed)
@@ -264,7 +266,9 @@ class MKD(AnomalyMethod):
                     optimizer.zero_grad(set_to_none=True)
                     loss.mean().backward()
                     optimizer.step()
-                    total += float(loss.detach().sum())
+                    batch_total = float(loss.detach().sum())
+                    check_finite_losses("MKD", epoch + 1, {"loss": batch_total / len(idx)}, start // batch_size + 1)
+                    total += batch_total
                 mean_loss = total / n
                 self.history.append(mean_loss)
                 if tracker is not None:

@@ -12,6 +12,10 @@ Adapted: the shared backbone (any of ``adbench.backbone.BACKBONES``) replaces Wi
 layer2/layer3; the features come from the cache instead of a forward pass.  ``coreset_ratio: 1.0`` keeps
 the whole memory bank (exact search).
 
+Devices (``method.to(device)``): the patch embedding, the coreset selection and the nearest-neighbour
+search run on ``self.device``; the memory bank lives there (saved on the CPU); the maps are smoothed on
+the CPU (scipy), as before.
+
 Shapes: ``N`` images, level-0 grid ``h x w`` (image size / 8), ``P = N*h*w`` patches, ``D`` =
 ``target_embed_dim``.
 """
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from adbench.neighbours import greedy_k_center, nearest_distances
-from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, merge_params
+from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, merge_params, state_to_cpu
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "coreset_ratio": 0.1,
@@ -41,19 +45,24 @@ PAPER_PARAMS = DEFAULT_PARAMS  # the public code's defaults are cheap enough to 
 
 
 def patch_embeddings(features: list[torch.Tensor], patch_size: int, pretrain_dim: int,
-                     target_dim: int, chunk: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+                     target_dim: int, chunk: int = 8,
+                     device: torch.device | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """Locally aware patch features, computed ``chunk`` images at a time to bound the temporaries.
 
     Args:
         features: per level (N, C_l, h_l, w_l), finest level first.
+        device: where to compute them (each chunk is moved there); ``None``: the features' device.
     Returns:
-        (N*h*w, target_dim) float32 embeddings, row-major per image, and the grid (h, w) of level 0.
+        (N*h*w, target_dim) float32 embeddings on ``device``, row-major per image, and the grid (h, w) of
+        level 0.
     """
     n, _, h, w = features[0].shape
-    out = torch.empty(n * h * w, target_dim)
+    device = features[0].device if device is None else device
+    out = torch.empty(n * h * w, target_dim, device=device)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        out[s * h * w:e * h * w] = _embed_chunk([f[s:e] for f in features], patch_size, pretrain_dim, target_dim)
+        out[s * h * w:e * h * w] = _embed_chunk([f[s:e].to(device) for f in features], patch_size, pretrain_dim,
+                                                target_dim)
     return out, (h, w)
 
 
@@ -83,7 +92,8 @@ class PatchCore(AnomalyMethod):
 
     def _embed(self, split: Split) -> tuple[torch.Tensor, tuple[int, int]]:
         p = self.params
-        return patch_embeddings(split.features, p["patch_size"], p["pretrain_embed_dim"], p["target_embed_dim"])
+        return patch_embeddings(split.features, p["patch_size"], p["pretrain_embed_dim"], p["target_embed_dim"],
+                                device=self.device)
 
     def fit(self, train: Split, tracker: Tracker | None = None) -> "PatchCore":
         with torch.no_grad():
@@ -107,19 +117,21 @@ class PatchCore(AnomalyMethod):
             raise RuntimeError("PatchCore.predict called before fit")
         with torch.no_grad():
             emb, (h, w) = self._embed(test)
-            dist = nearest_distances(emb, self.memory_bank, self.params["num_neighbors"], chunk=8192)
+            bank = self.memory_bank.to(self.device)
+            dist = nearest_distances(emb, bank, self.params["num_neighbors"], chunk=8192)
             return dist.reshape(len(test), h, w)
 
     def predict(self, test: Split) -> Prediction:
         scores = self.patch_scores(test)
         size = test.image_size
-        maps = F.interpolate(scores[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+        maps = F.interpolate(scores[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        maps = maps.cpu().numpy()
         sigma = self.params["smoothing_sigma"]
         maps = np.stack([ndimage.gaussian_filter(m, sigma) for m in maps]) if sigma else maps
-        return Prediction(scores=scores.flatten(1).max(1).values.numpy(), maps=maps)
+        return Prediction(scores=scores.flatten(1).max(1).values.cpu().numpy(), maps=maps)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"memory_bank": self.memory_bank}
+        return state_to_cpu({"memory_bank": self.memory_bank})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.memory_bank = state["memory_bank"]

@@ -78,7 +78,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adbench.neighbours import nearest_distances
-from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, epoch_means, merge_params, resolve_device
+from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means, merge_params,
+                              resolve_device)
 
 __all__ = [
     "PatchSVDD",
@@ -248,6 +249,7 @@ class PatchSVDD(AnomalyMethod):
     """
 
     name = "patchsvdd"
+    epoch_params = ("epochs", "repeat")
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(merge_params("PatchSVDD", params, DEFAULT_PARAMS), seed)
@@ -442,9 +444,10 @@ class PatchSVDD(AnomalyMethod):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums["loss"] += float(loss.detach())
-                for k, v in terms.items():
-                    sums[k] += float(v.detach())
+                values = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+                check_finite_losses("PatchSVDD", epoch + 1, values, steps + 1)
+                for k, v in values.items():
+                    sums[k] += v
                 steps += 1
             means = epoch_means(sums, steps, epoch, tracker)
             self.history.append(means["loss"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from adbench.protocol import ParamError, UnknownParamsError, check_epoch_counts
 from fod.ablations import ABLATIONS
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -98,25 +99,30 @@ def resolve(params: dict[str, Any] | None) -> FODConfig:
     """``params`` -> FODConfig: defaults, then the variant preset, then explicit keys, then the Table 4
     row named by ``ablation`` (``fod.ablations.ABLATIONS``), if any.
 
-    Raises ``ValueError`` on unknown keys or values.
+    Raises ``ValueError`` on unknown keys or values: ``UnknownParamsError`` for unknown keys, ``ParamError``
+    (naming the key, the value and what it must be) for a bad choice or an epoch count below 1.
     """
     params = dict(params or {})
     ablation = params.pop("ablation", None)
     if ablation is not None:
         if ablation not in ABLATIONS:
-            raise ValueError(f"unknown FOD ablation {ablation!r}; known: {sorted(ABLATIONS)}")
+            raise ParamError("FOD", "ablation", ablation, f"unknown FOD ablation; must be one of {sorted(ABLATIONS)}")
         params.update(ABLATIONS[ablation])
     known = {f.name for f in fields(FODConfig)}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise ValueError(f"unknown FOD params {unknown}; known: {sorted(known)}")
+        raise UnknownParamsError("FOD", unknown, sorted(known | {"ablation"}))
     variant = params.get("variant", DEFAULTS["variant"])
     if variant not in VARIANTS:
-        raise ValueError(f"FOD variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        raise ParamError("FOD", "variant", variant, f"must be one of {sorted(VARIANTS)}")
     values = {**DEFAULTS, **VARIANTS[variant], **params}
     for key, allowed in CHOICES.items():
         if values[key] not in allowed:
-            raise ValueError(f"FOD param {key} must be one of {allowed}, got {values[key]!r}")
+            raise ParamError("FOD", key, values[key], f"must be one of {list(allowed)}")
+    check_epoch_counts("FOD", values, ("epochs",))
+    if not isinstance(values["d_model"], (list, tuple)):
+        raise ParamError("FOD", "d_model", values["d_model"], "must be a list with one width per feature level, "
+                         "e.g. [256, 512]")
     values["d_model"] = tuple(int(d) for d in values["d_model"])
     for key in ("lambda1", "lambda2", "lr"):
         values[key] = float(values[key])
@@ -129,6 +135,8 @@ def resolve(params: dict[str, Any] | None) -> FODConfig:
         raise ValueError("score 'div' and 'rec_div' need a correlation branch (intra or inter)")
     if any(d % 4 or d % cfg.heads for d in cfg.d_model):
         raise ValueError(f"every d_model must be divisible by 4 and by heads={cfg.heads}, got {cfg.d_model}")
-    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.monitor_every < 0:
-        raise ValueError("batch_size must be >= 1, epochs and monitor_every >= 0")
+    if cfg.batch_size < 1:
+        raise ParamError("FOD", "batch_size", cfg.batch_size, "must be >= 1")
+    if cfg.monitor_every < 0:
+        raise ParamError("FOD", "monitor_every", cfg.monitor_every, "must be >= 0 (0: no monitoring)")
     return cfg

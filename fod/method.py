@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from adbench.metrics import roc_auc
-from adbench.protocol import AnomalyMethod, NullTracker, Prediction, Split, Tracker
+from adbench.protocol import AnomalyMethod, NullTracker, Prediction, Split, Tracker, check_finite_losses
 from fod.config import FODConfig, resolve
 from fod.losses import level_losses, reconstruction_error, token_divergence
 from fod.model import FODLevel
@@ -29,12 +29,18 @@ class FOD(AnomalyMethod):
     """Focus the Discrepancy (Yao et al., ICCV 2023); params: see fod/README.md."""
 
     name = "fod"
+    epoch_params = ("epochs",)
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(params, seed)
         self.config: FODConfig = resolve(self.params)
         self.levels: nn.ModuleList | None = None
         self.monitor_best: dict[str, float] = {}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The fully resolved hyper-parameters (``fod.config.resolve``: defaults, variant, ablation)."""
+        return cls(params).config.as_dict()
 
     def fit(self, train: Split, tracker: Tracker | None = None, monitor: Split | None = None) -> "FOD":
         """Train one transformer per feature level on ``train.features``; with ``monitor_every: n`` also
@@ -66,8 +72,10 @@ class FOD(AnomalyMethod):
             for epoch in range(1, cfg.epochs + 1):
                 self.levels.train()
                 totals: dict[str, float] = {}
-                for batch in torch.randperm(len(train), generator=generator).split(cfg.batch_size):
+                batches = torch.randperm(len(train), generator=generator).split(cfg.batch_size)
+                for step, batch in enumerate(batches, start=1):
                     parts = training_step(self.levels, optimizer, [f[batch] for f in train.features], cfg)
+                    check_finite_losses("FOD", epoch, parts, step)
                     for key, value in parts.items():
                         totals[key] = totals.get(key, 0.0) + value * len(batch)
                     bar.update()

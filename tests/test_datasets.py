@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adbench.datasets import (KINDS, DatasetError, Sample, list_categories, list_samples, load_image,
-                              load_mask)
+                              load_mask, load_sample, verify_samples)
 
 
 def _img(path: Path, value: int = 128, mode: str = "RGB", size: int = 8) -> Path:
@@ -18,9 +21,9 @@ def _img(path: Path, value: int = 128, mode: str = "RGB", size: int = 8) -> Path
     return path
 
 
-def _mask(path: Path, value: int = 255) -> Path:
+def _mask(path: Path, value: int = 255, size: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.zeros((8, 8), np.uint8)
+    arr = np.zeros((size, size), np.uint8)
     arr[2:5, 3:6] = value
     Image.fromarray(arr).save(path)
     return path
@@ -134,8 +137,9 @@ def test_load_mask_binarises(tmp_path, value):
 def test_missing_category(tmp_path):
     root = make_mvtec(tmp_path)
     with pytest.raises(DatasetError) as err:
-        list_samples("mvtec_ad", root, "cable", "train")
-    assert str(root / "cable") in str(err.value) and "snakemake download_mvtec_ad" in str(err.value)
+        list_samples("mvtec_ad", root, "cable", "train", name="mvtec", url="https://example.org/mvtec.tar.xz")
+    assert str(root / "cable") in str(err.value) and "(found: bottle)" in str(err.value)
+    assert "`snakemake download_mvtec`" in str(err.value) and "datasets.mvtec.root" in str(err.value)
 
 
 def test_missing_mask(tmp_path):
@@ -152,8 +156,148 @@ def test_empty_train(tmp_path):
     for p in (root / "01/train/ok").iterdir():
         p.unlink()
     with pytest.raises(DatasetError) as err:
-        list_samples("btad", root, "01", "train")
-    assert str(root / "01/train") in str(err.value) and "datasets.btad.root" in str(err.value)
+        list_samples("btad", root, "01", "train", name="btad_local")
+    assert str(root / "01/train") in str(err.value) and "datasets.btad_local.root" in str(err.value)
+
+
+def test_empty_train_good(tmp_path):
+    root = make_mvtec(tmp_path)
+    for p in (root / "bottle/train/good").iterdir():
+        p.unlink()
+    with pytest.raises(DatasetError, match=f"no images found in {root / 'bottle/train'}"):
+        list_samples("mvtec_ad", root, "bottle", "train", name="mvtec")
+
+
+@pytest.mark.parametrize("kind", ["mvtec_ad", "btad", "mvtec3d"])
+def test_hints_name_the_config_entry_and_its_download_rule_not_the_kind(tmp_path, kind):
+    for url in (None, "https://example.org/data.tar"):
+        with pytest.raises(DatasetError) as err:
+            list_categories(kind, tmp_path / "nope", name="mydata", url=url)
+        message = str(err.value)
+        assert "datasets.mydata.root" in message and "`snakemake download_mydata`" in message
+        assert f"download_{kind}" not in message and f"datasets.{kind}." not in message
+        assert ("has no `url`" in message) == (url is None)
+    with pytest.raises(DatasetError) as err:  # from Python, without the entry: a placeholder
+        list_categories(kind, tmp_path / "nope")
+    assert "datasets.<name>.root" in str(err.value) and "download_<name>" in str(err.value)
+
+
+def test_embedded_hint_names_its_generator_rule(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        list_samples("embedded", tmp_path, "brick", "train", name="emb")
+    message = str(err.value)
+    assert "rule generate_embedded" in message and "datasets.emb.root" in message and "download" not in message
+
+
+def test_corrupt_file_hint_advises_deleting_only_what_can_be_downloaded_again(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DatasetError) as err:  # placed by hand: never advise deleting the user's data
+        load_image(bad, 8, name="mine")
+    assert str(bad) in str(err.value) and f"replace {bad}" in str(err.value) and "original source" in str(err.value)
+    assert "delete" not in str(err.value)
+    with pytest.raises(DatasetError) as err:
+        load_image(bad, 8, name="mine", url="https://example.org/mine.zip")
+    assert "delete the dataset folder (datasets.mine.root)" in str(err.value)
+    assert "`snakemake download_mine`" in str(err.value)
+
+
+def _test_sample(root: Path, mask_size: int, mode: str = "RGB") -> Sample:
+    image = _img(root / "bottle/test/scratch/000.png", 200, mode, size=8)
+    mask = _mask(root / "bottle/ground_truth/scratch/000_mask.png", size=mask_size)
+    return Sample("test/scratch/000", image, 1, "scratch", mask)
+
+
+def test_load_sample_reads_a_grayscale_image_with_its_mask(tmp_path):
+    image, mask = load_sample(_test_sample(tmp_path, 8, mode="L"), 16)
+    assert image.shape == (3, 16, 16) and (image == 200).all()
+    assert mask.shape == (16, 16) and mask.sum() == 36
+    normal = Sample("test/good/000", _img(tmp_path / "n.png", size=8), 0, "good", None)
+    assert not load_sample(normal, 4)[1].any()
+
+
+def test_a_mask_of_another_size_is_refused_not_stretched(tmp_path):
+    sample = _test_sample(tmp_path, 16)
+    with pytest.raises(DatasetError) as err:
+        load_sample(sample, 8, name="mvtec")
+    message = str(err.value)
+    assert f"mask {sample.mask} is 16x16 px but its image {sample.image} is 8x8 px" in message
+    assert f"replace {sample.mask}" in message
+    with pytest.raises(DatasetError, match="is 16x16 px but its image"):
+        verify_samples([sample], progress=False)
+
+
+class _FakeBackbone:
+    name = "fake"
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = images.float()
+        return [x[:, :, ::8, ::8], x[:, :, ::16, ::16]]
+
+
+def test_feature_extraction_refuses_a_mask_of_another_size(tmp_path):
+    from adbench.features import extract_split
+
+    root = make_mvtec(tmp_path)
+    assert len(extract_split("mvtec_ad", root, "bottle", "test", _FakeBackbone(), 16, progress=False)) == 5
+    mask = root / "bottle/ground_truth/scratch/001_mask.png"
+    _mask(mask, size=12)
+    with pytest.raises(DatasetError, match=f"mask {mask} is 12x12 px but its image"):
+        extract_split("mvtec_ad", root, "bottle", "test", _FakeBackbone(), 16, progress=False, name="mvtec")
+
+
+def _source(root: Path, url: str | None = None) -> dict:
+    return {"name": "mvtec", "kind": "mvtec_ad", "root": str(root), "url": url}
+
+
+def test_prepare_category_writes_its_marker_for_a_sound_dataset(tmp_path):
+    from adbench.jobs import prepare_category
+
+    root = make_mvtec(tmp_path / "mvtec")
+    ready = tmp_path / "dataset.ready"
+    prepare_category(_source(root), "bottle", str(ready))
+    assert json.loads(ready.read_text())["counts"] == {"train": 3, "test": 5}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("url", [None, "https://example.org/mvtec.tar.xz"])
+def test_prepare_category_decodes_every_file_before_its_marker(tmp_path, url):
+    from adbench.jobs import prepare_category
+
+    root = make_mvtec(tmp_path / "mvtec")
+    broken = root / "bottle/test/scratch/001.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated: the header reads, the pixels do not
+    ready = tmp_path / "dataset.ready"
+    with pytest.raises(DatasetError) as err:
+        prepare_category(_source(root, url), "bottle", str(ready))
+    assert not ready.exists() and not list(tmp_path.glob("*.tmp"))
+    assert f"cannot read image {broken}" in str(err.value)
+    if url:
+        assert "delete the dataset folder (datasets.mvtec.root)" in str(err.value)
+        assert "`snakemake download_mvtec`" in str(err.value)
+    else:
+        assert "delete" not in str(err.value) and f"replace {broken}" in str(err.value)
+
+
+def test_prepare_category_refuses_a_mask_of_another_size(tmp_path):
+    from adbench.jobs import prepare_category
+
+    root = make_mvtec(tmp_path / "mvtec")
+    mask = _mask(root / "bottle/ground_truth/broken_large/000_mask.png", size=9)
+    ready = tmp_path / "dataset.ready"
+    with pytest.raises(DatasetError, match=f"mask {mask} is 9x9 px but its image .* is 8x8 px"):
+        prepare_category(_source(root), "bottle", str(ready))
+    assert not ready.exists()
+
+
+def test_prepare_category_without_url_names_the_entry_to_fix(tmp_path):
+    from adbench.jobs import prepare_category
+
+    ready = tmp_path / "dataset.ready"
+    with pytest.raises(DatasetError) as err:
+        prepare_category(_source(tmp_path / "absent"), "bottle", str(ready))
+    assert "datasets.mvtec has no `url`" in str(err.value) and "datasets.mvtec.root" in str(err.value)
+    assert not ready.exists()
 
 
 def test_unreadable_image(tmp_path):
