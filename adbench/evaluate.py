@@ -14,7 +14,6 @@ model and ``run.json`` (params, config hash, git commit, fit time, per-epoch tra
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import time
@@ -24,62 +23,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from adbench.determinism import kernel_provenance
 from adbench.features import cache_meta, load_split
 from adbench.metrics import evaluate as compute_metrics
 from adbench.protocol import AnomalyMethod, Prediction
 from adbench.registry import method_class
+from adbench.runs import config_hash, write_atomic
 from adbench.tracking import RecordingTracker, git_commit
 
 
-def run_config(config: dict, dataset: str, method: str, seed: int) -> dict[str, Any]:
-    """The part of the config that determines a run's numbers (what the config hash covers)."""
-    ds = config["datasets"][dataset]
-    return {
-        "dataset": dataset,
-        "dataset_kind": ds["kind"],
-        "generator": ds.get("generator"),
-        "backbone": config["backbone"]["name"],
-        "image_size": config["backbone"]["image_size"],
-        "method": method,
-        "impl": config["methods"][method]["impl"],
-        "params": config["methods"][method].get("params", {}),
-        "seed": seed,
-    }
-
-
-def config_hash(cfg: dict[str, Any]) -> str:
-    """First 12 hex digits of the SHA-256 of the canonical JSON of ``cfg``."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def build_method(config: dict, method: str, seed: int) -> AnomalyMethod:
-    """The method entry's class with its params; methods that train through the frozen backbone on
-    augmented images (DRAEM's ``reconstruction: backbone``) get it as ``feature_extractor``."""
-    entry = config["methods"][method]
-    model = method_class(entry["impl"])(entry.get("params", {}), seed)
-    if hasattr(model, "feature_extractor") and entry.get("params", {}).get("reconstruction") == "backbone":
+def build_method(cfg: dict[str, Any], weights_dir: str | Path) -> AnomalyMethod:
+    """The method of run config ``cfg`` (``run_config``) with its params and seed; methods that train
+    through the frozen backbone on augmented images (DRAEM's ``reconstruction: backbone``) get it as
+    ``feature_extractor``."""
+    model = method_class(cfg["impl"])(cfg["params"], cfg["seed"])
+    if hasattr(model, "feature_extractor") and cfg["params"].get("reconstruction") == "backbone":
         from adbench.backbone import Backbone
 
-        model.feature_extractor = Backbone(config["backbone"]["name"], Path(config["backbone"]["weights_dir"]))
+        model.feature_extractor = Backbone(cfg["backbone"], Path(weights_dir))
     return model
 
 
-def fit_run(config: dict, dataset: str, category: str, method: str, seed: int,
-            train_path: Path, model_path: Path, run_path: Path, test_path: Path | None = None) -> None:
-    """Fit ``method`` on the cached training split; write the model and ``run.json`` (the run's identity,
-    fit time and per-epoch training losses, which ``adbench.tracking`` later logs to MLflow)."""
+def fit_run(cfg: dict[str, Any], category: str, train_path: Path, model_path: Path, run_path: Path,
+            test_path: Path | None = None, weights_dir: str | Path = "results/weights") -> None:
+    """Fit the method of run config ``cfg`` on the cached training split; write the model and ``run.json``
+    (the run's identity, the kernels it ran on, fit time and per-epoch training losses, which
+    ``adbench.tracking`` later logs to MLflow)."""
+    seed = int(cfg["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
-    cfg = run_config(config, dataset, method, seed)
-    params = {**cfg, "category": category, "config_hash": config_hash(cfg), "git_commit": git_commit()}
+    params = {**cfg, "category": category, "config_hash": config_hash(cfg), "git_commit": git_commit(),
+              **kernel_provenance()}
     tracker = RecordingTracker()
-    model = build_method(config, method, seed)
+    model = build_method(cfg, weights_dir)
     train = load_split(train_path)
     kwargs = {}
-    monitor_every = config["methods"][method].get("params", {}).get("monitor_every", 0)
+    monitor_every = cfg["params"].get("monitor_every", 0)
     if monitor_every and "monitor" in inspect.signature(model.fit).parameters:
         if test_path is None:
-            raise ValueError(f"{method}: monitor_every needs the test split")
+            raise ValueError(f"{cfg['method']}: monitor_every needs the test split")
         kwargs["monitor"] = load_split(test_path)
     start = time.perf_counter()
     model.fit(train, tracker=tracker, **kwargs)
@@ -87,7 +69,7 @@ def fit_run(config: dict, dataset: str, category: str, method: str, seed: int,
     model.save(model_path)
     identity = {**params, "fit_seconds": fit_seconds, "image_size": cache_meta(train_path)["image_size"],
                 "history": tracker.history}
-    Path(run_path).write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
+    write_atomic(run_path, json.dumps(identity, indent=1, sort_keys=True, default=str))
 
 
 def _hot(values: np.ndarray) -> np.ndarray:
@@ -117,11 +99,11 @@ def _map_images(prediction: Prediction, test, out_dir: Path, count: int = 4) -> 
     return paths
 
 
-def evaluate_run(config: dict, method: str, test_path: Path, model_path: Path, run_path: Path,
-                 out_dir: Path) -> dict[str, Any]:
-    """Score the cached test split with a fitted model and write metrics, scores and maps."""
+def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Score the cached test split with the model fitted by ``fit_run``; write metrics, scores and maps."""
     identity = json.loads(Path(run_path).read_text())
-    model = method_class(config["methods"][method]["impl"]).load(model_path)
+    method = identity["method"]
+    model = method_class(identity["impl"]).load(model_path)
     test = load_split(test_path)
     start = time.perf_counter()
     prediction = model.predict(test)
@@ -140,7 +122,7 @@ def evaluate_run(config: dict, method: str, test_path: Path, model_path: Path, r
         "evaluation_resolution": test.image_size, "n_test": len(test), "n_anomalous": int(test.labels.sum()),
         "predict_seconds": predict_seconds, "fit_seconds": identity["fit_seconds"],
         **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "seed", "backbone",
-                                    "config_hash", "git_commit")},
+                                    "config_hash", "git_commit", "cpu_isa", "cpu_capability")},
     }
     import pandas as pd
 
@@ -148,8 +130,6 @@ def evaluate_run(config: dict, method: str, test_path: Path, model_path: Path, r
                   "score": prediction.scores}).to_csv(out_dir / "scores.csv", index=False)
     np.savez_compressed(out_dir / "maps.npz", maps=prediction.maps.astype(np.float16), ids=np.asarray(test.ids))
     _map_images(prediction, test, out_dir)
-    metrics_path = out_dir / "metrics.json"
-    tmp = metrics_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    tmp.rename(metrics_path)  # last: its presence means the run folder is complete
+    write_atomic(out_dir / "metrics.json", json.dumps(record, indent=1, sort_keys=True))  # last: its presence
+    # means the run folder is complete
     return record

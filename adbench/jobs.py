@@ -1,8 +1,9 @@
 """Entry points of the Snakemake rules: one function per rule, called by ``workflow/scripts/*.py``.
 
 Each takes plain arguments (paths, config mappings), so a stage can also be run by hand from Python.
-``job_context`` sends a job's stdout/stderr (progress bars included) to its Snakemake log and pins torch
-to the job's thread count, so parallel jobs do not oversubscribe the cores.
+``job_context`` sends a job's stdout/stderr (progress bars included) to its Snakemake log, pins torch
+to the job's thread count, so parallel jobs do not oversubscribe the cores, and checks (and logs) that
+the job's kernels run on the instruction set the config pins (``adbench.determinism``).
 """
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from typing import Iterator
 
 import torch
 
+from adbench.determinism import kernel_provenance
+from adbench.runs import write_atomic
+
 
 @contextlib.contextmanager
 def job_context(log: str | Path, threads: int) -> Iterator[None]:
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(threads)))
     with open(log, "w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        print(f"kernels: {kernel_provenance()}, torch threads: {torch.get_num_threads()}", flush=True)
         yield
 
 
@@ -27,37 +32,44 @@ def generate_embedded(root: str, category: str, generator: dict, ready: str) -> 
     from adbench.embedded import EmbeddedConfig, generate_category
 
     counts = generate_category(Path(root), category, EmbeddedConfig(**generator))
-    Path(ready).write_text(json.dumps({"root": root, "category": category, "counts": counts}, indent=1))
+    write_atomic(ready, json.dumps({"root": root, "category": category, "counts": counts}, indent=1))
 
 
-def prepare_dataset(dataset: dict, archive_dir: str, ready: str) -> None:
-    """Use the dataset where it is, or download it when ``url`` is set; fail with the fix otherwise."""
-    from adbench.datasets import DatasetError, list_samples
+def download_dataset(source: dict, sha256: str | None, archive_dir: str, ready: str) -> None:
+    """Download and unpack a real dataset into ``source["root"]`` (``adbench.download.prepare_dataset``)."""
     from adbench.download import prepare_dataset as download_and_extract
 
-    root = Path(dataset["root"])
-    try:
-        counts = {c: {s: len(list_samples(dataset["kind"], root, c, s)) for s in ("train", "test")}
-                  for c in dataset["categories"]}
-    except DatasetError as err:
-        if not dataset.get("url"):
-            raise DatasetError(f"{err}\n(no `url` is configured for this dataset, so it cannot be downloaded: "
-                               f"put it at {root} by hand)") from err
-        download_and_extract(dataset["kind"], root, dataset["url"], dataset.get("sha256"), Path(archive_dir),
-                             dataset["categories"])
-        counts = {c: {s: len(list_samples(dataset["kind"], root, c, s)) for s in ("train", "test")}
-                  for c in dataset["categories"]}
-    Path(ready).write_text(json.dumps({"root": str(root), "counts": counts}, indent=1))
+    root = download_and_extract(source["kind"], Path(source["root"]), source["url"], sha256, Path(archive_dir),
+                                name=source["name"])
+    write_atomic(ready, json.dumps({"root": str(root), "url": source["url"]}, indent=1))
 
 
-def extract_features(dataset_name: str, dataset: dict, category: str, split: str, backbone: str,
-                     image_size: int, weights_dir: str, batch_size: int, out: str) -> None:
+def prepare_category(source: dict, category: str, ready: str) -> None:
+    """Check one category of a real dataset on disk; write ``ready`` only when all of it is usable.
+
+    Every image and mask is decoded (and each mask's size compared with its image's) first, so a
+    truncated or corrupt file stops the workflow here, naming it, and a broken category never gets the
+    marker.  ``source``: the dataset's ``name`` (its key in the config, for the messages' ``datasets.<name>``
+    and ``download_<name>``), ``kind``, ``root`` and ``url``.
+    """
+    from adbench.datasets import SPLITS, list_samples, verify_samples
+
+    name, url = source["name"], source.get("url")
+    samples = {s: list_samples(source["kind"], Path(source["root"]), category, s, name=name, url=url) for s in SPLITS}
+    verify_samples([x for items in samples.values() for x in items], name=name, url=url)
+    counts = {s: len(items) for s, items in samples.items()}
+    write_atomic(ready, json.dumps({"root": source["root"], "category": category, "counts": counts}, indent=1))
+
+
+def extract_features(source: dict, category: str, split: str, backbone: str, image_size: int,
+                     weights_dir: str, batch_size: int, out: str) -> None:
     from adbench.backbone import Backbone
     from adbench.features import extract_split, save_split
 
     model = Backbone(backbone, Path(weights_dir))
-    data = extract_split(dataset["kind"], Path(dataset["root"]), category, split, model, image_size, batch_size)
-    meta = {"dataset": dataset_name, "category": category, "split": split, "backbone": backbone,
+    data = extract_split(source["kind"], Path(source["root"]), category, split, model, image_size, batch_size,
+                         name=source["name"], url=source.get("url"))
+    meta = {"dataset": source["name"], "category": category, "split": split, "backbone": backbone,
             "image_size": image_size}
     save_split(data, Path(out), meta)
 
@@ -82,8 +94,19 @@ def download_dtd(url: str, archive_dir: str, root: str, ready: str) -> None:
 
 
 def track_category(run_dirs: list[str], tracking_uri: str, experiment: str, out: str) -> None:
-    """Log a category's run folders to MLflow; write ``{run_key: mlflow_run_id}`` to ``out``."""
+    """Log a category's run folders to MLflow; write ``{run_key: mlflow_run_id}`` to ``out``.
+
+    ``out`` is written to a temporary name and renamed, so a kill never leaves a partial file.
+    """
+    import os
+
     from adbench.tracking import log_runs
 
     ids = log_runs([Path(d) for d in run_dirs], tracking_uri, experiment)
-    Path(out).write_text(json.dumps(ids, indent=1, sort_keys=True))
+    target = Path(out)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(ids, indent=1, sort_keys=True))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

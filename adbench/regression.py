@@ -1,8 +1,9 @@
 """CI's AUROC regression gate: compare a run's metrics with the committed reference values.
 
 ``results/reference/<name>.csv`` has one row per checked number: ``dataset, category, method, seed,
-metric, value, tolerance``.  A number regresses when it falls more than ``tolerance`` below ``value`` (a
-rise is reported too, so the reference can be refreshed on purpose, but does not fail).
+metric, value, tolerance`` (and how they were measured: ``adbench.reference``).  The run of ``seed`` is
+compared with ``value``; a number regresses when it falls more than ``tolerance`` below it (a rise is
+reported too, so the reference can be refreshed on purpose, but does not fail).
 """
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from adbench.runs import run_folder
+
 
 def compare(reference: Path, results: Path) -> pd.DataFrame:
     """The reference table with ``got`` and ``status`` (ok, improved, REGRESSED, MISSING) columns."""
     ref = pd.read_csv(reference)
     got, status = [], []
     for row in ref.itertuples():
-        path = Path(results) / row.dataset / row.category / row.method / f"seed{row.seed}" / "metrics.json"
+        path = Path(run_folder(results, row.dataset, row.category, row.method, row.seed)) / "metrics.json"
         if not path.exists():
             got.append(float("nan"))
             status.append("MISSING")
@@ -32,7 +35,7 @@ def compare(reference: Path, results: Path) -> pd.DataFrame:
             status.append("improved")
         else:
             status.append("ok")
-    return ref.assign(got=got, status=status)
+    return ref.assign(got=got, delta=[g - v for g, v in zip(got, ref.value)], status=status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("results"))
     a = p.parse_args(argv)
     table = compare(a.reference, a.results)
-    print(table.to_string(index=False))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     bad = table[table.status.isin(["REGRESSED", "MISSING"])]
+    moved = table[table.status != "ok"]
+    if len(moved):
+        print("\nmoved cells:\n" + moved[["category", "method", "metric", "value", "tolerance", "got", "delta",
+                                          "status"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if len(bad):
         print(f"\n{len(bad)} reported number(s) regressed or are missing", file=sys.stderr)
         return 1

@@ -14,9 +14,27 @@ PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 PAPER_TABLE2_DATASET_KIND = "mvtec_ad"
 
 
-def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per run: every field of its metrics.json."""
-    return pd.DataFrame([json.loads(Path(p).read_text()) for p in paths])
+class StaleRunError(ValueError):
+    """A metrics.json was made with other settings than the current config's (its config hash differs)."""
+
+
+def load_metrics(paths: list[str | Path], expected: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per run: every field of its metrics.json.
+
+    ``expected`` maps metrics.json paths to the config hash the current config gives them
+    (``adbench.runs.config_hash``); a file whose recorded hash differs raises :class:`StaleRunError`.
+    """
+    rows = [json.loads(Path(p).read_text()) for p in paths]
+    stale = [(p, r.get("config_hash"), expected[str(p)]) for p, r in zip(paths, rows)
+             if expected is not None and str(p) in expected and r.get("config_hash") != expected[str(p)]]
+    if stale:
+        listing = "\n".join(f"  {p}: made with config hash {got}, the current config gives {want}"
+                             for p, got, want in stale)
+        raise StaleRunError(
+            f"{len(stale)} run(s) were made with other settings than the current config:\n{listing}\n"
+            f"rerun them (`snakemake all_tables --forcerun fit_evaluate`, or delete those run folders) "
+            f"so that no table mixes numbers from different settings")
+    return pd.DataFrame(rows)
 
 
 def table2(runs: pd.DataFrame, methods: list[str], metric: str = "image_auroc",
@@ -48,8 +66,9 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table2(metrics_files: list[str], dataset: str, methods: list[str], csv_out: str, md_out: str) -> None:
-    runs = load_metrics(metrics_files)
+def write_table2(metrics_files: list[str], dataset: str, methods: list[str], csv_out: str, md_out: str,
+                 expected: dict[str, str] | None = None) -> None:
+    runs = load_metrics(metrics_files, expected)
     runs = runs[runs["dataset"] == dataset]
     kinds = {json.loads(Path(p).read_text()).get("dataset_kind") for p in metrics_files}
     paper = pd.read_csv(PAPER_DIR / "table2.csv") if kinds == {PAPER_TABLE2_DATASET_KIND} else None
@@ -87,8 +106,8 @@ def table4(runs: pd.DataFrame, labels: dict[str, str], datasets: list[str],
 
 
 def write_table4(metrics_files: list[str], labels: dict[str, str], datasets: list[str], csv_out: str,
-                 md_out: str) -> None:
-    runs = load_metrics(metrics_files)
+                 md_out: str, expected: dict[str, str] | None = None) -> None:
+    runs = load_metrics(metrics_files, expected)
     table = table4(runs, labels, datasets, paper=pd.read_csv(PAPER_DIR / "table4.csv"))
     table.to_csv(csv_out, float_format="%.4f")
     Path(md_out).write_text(

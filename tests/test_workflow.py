@@ -1,16 +1,22 @@
 """End to end: the Snakemake workflow on config/ci.yaml in a scratch directory, as `make test` runs it."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from adbench.determinism import ISA_VARIABLES
 from adbench.regression import compare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,14 +24,26 @@ METRICS = {
     "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
 
 
-def snakemake(workdir: Path, *args: str, ci: bool = True) -> subprocess.CompletedProcess:
+def snakemake_command(workdir: Path, *args: str, ci: bool = True, configs: tuple[Path, ...] = ()) -> list[str]:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2"]
     cmd += list(args)  # targets before --configfile, which takes every following word as a file
-    if ci:
-        cmd += ["--configfile", str(ROOT / "config" / "ci.yaml")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    files = ([ROOT / "config" / "ci.yaml"] if ci else []) + list(configs)
+    if files:
+        cmd += ["--configfile", *map(str, files)]
+    return cmd
+
+
+def snakemake(workdir: Path, *args: str, ci: bool = True, configs: tuple[Path, ...] = (),
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(snakemake_command(workdir, *args, ci=ci, configs=configs), capture_output=True,
+                          text=True, cwd=workdir, env=env)
     proc.output = proc.stdout + proc.stderr  # Snakemake prints errors to either
     return proc
+
+
+def table_texts(work: Path) -> dict[str, str]:
+    """Every table file the run wrote, as text (the values at their printed precision)."""
+    return {p.name: p.read_text() for p in sorted((work / "results" / "tables").iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +116,137 @@ def test_reported_aurocs_do_not_regress(ci_run):
     table = compare(ROOT / "results" / "reference" / "ci.csv", ci_run / "results")
     assert len(table) >= 4
     assert not table.status.isin(["REGRESSED", "MISSING"]).any(), table.to_string()
+
+
+def test_tables_are_identical_on_an_avx2_host(ci_run, tmp_path_factory):
+    """The pinned run (``determinism.cpu_isa: avx2``, this host's own kernels otherwise) gives the same
+    tables as an unpinned run on an AVX2-only host, simulated by capping ATen and oneDNN from outside."""
+    host = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                if k not in ISA_VARIABLES}).stdout.strip()
+    work = tmp_path_factory.mktemp("avx2_host")
+    native = work / "native.yaml"
+    native.write_text("determinism: {cpu_isa: native}\n")
+    capped = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES}
+    capped.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    proc = snakemake(work, "all_tables", configs=(native,), env=capped)
+    assert proc.returncode == 0, proc.output[-4000:]
+    pinned = json.loads((ci_run / "results/embedded/brick/draem/seed0/metrics.json").read_text())
+    simulated = json.loads((work / "results/embedded/brick/draem/seed0/metrics.json").read_text())
+    assert (pinned["cpu_isa"], pinned["cpu_capability"]) == ("avx2", "AVX2")
+    assert (simulated["cpu_isa"], simulated["cpu_capability"]) == ("native", "AVX2")
+    print(f"compared: the pinned run on this {host} host vs an unpinned run capped to AVX2 from outside"
+          + ("" if host != "AVX2" else " (this host has AVX2 only: both ran its own kernels, so this shows only "
+                                       "that the pin changes nothing on an AVX2 host)"))
+    assert table_texts(work) == table_texts(ci_run)
+
+
+def _training_jobs(work: Path) -> list[tuple[int, Path]]:
+    """``(pid, run folder)`` of the workflow's running fit_evaluate jobs, found by the log file they hold
+    open (``adbench.jobs.job_context``)."""
+    logs = work / "results" / "logs" / "fit_evaluate"
+    jobs = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = Path(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                    if target.suffix == ".log" and logs in target.parents:
+                        jobs.append((int(pid), work / "results" / target.relative_to(logs).with_suffix("")))
+    return jobs
+
+
+def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_one(ci_run, tmp_path_factory):
+    """SIGKILL a running training job (its own process group) and the workflow around it; after --unlock
+    the killed job is planned again (nothing it left is taken as complete) and the resumed run's tables
+    equal the uninterrupted run's."""
+    work = tmp_path_factory.mktemp("killed")
+    proc = subprocess.Popen(snakemake_command(work, "all_tables"), cwd=work, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.monotonic() + 600, None
+    try:
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            if list((work / "results" / "embedded").glob("*/*/seed0/metrics.json")):  # some cells are done
+                for pid, run in _training_jobs(work):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(os.getpgid(pid), signal.SIGKILL)
+                        killed = run
+                        break
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed is not None, "no training job was seen running before the workflow ended"
+    assert not (killed / "metrics.json").exists()
+    assert snakemake(work, "--unlock").returncode == 0
+    plan = snakemake(work, "-n", "all_tables")
+    assert plan.returncode == 0, plan.output[-2000:]
+    cell = "/".join(killed.parts[-4:])
+    assert re.search(rf"rule fit_evaluate:\n(?:    .*\n)*?    output: \S*{re.escape(cell)}/model.pt", plan.stdout), \
+        f"the killed job {cell} is not planned again:\n{plan.stdout[-3000:]}"
+    resumed = snakemake(work, "all_tables", "--rerun-incomplete")
+    assert resumed.returncode == 0, resumed.output[-4000:]
+    assert table_texts(work) == table_texts(ci_run)
+    assert (killed / "scores.csv").read_text() == (ci_run / "results" / killed.relative_to(work / "results")
+                                                    / "scores.csv").read_text()
+
+
+def test_a_changed_method_param_reruns_that_method_only(ci_run, tmp_path):
+    override = tmp_path / "coreset.yaml"
+    override.write_text("methods: {patchcore: {params: {coreset_ratio: 0.25}}}\n")
+    plan = snakemake(ci_run, "-n", "all_tables", configs=(override,))
+    assert plan.returncode == 0, plan.output[-2000:]
+    refits = sorted(re.findall(r"rule fit_evaluate:\n(?:    .*\n)*?    wildcards: (.*)\n", plan.stdout))
+    assert refits == [f"dataset=embedded, category={c}, method=patchcore, seed=0" for c in ("brick", "coins")]
+
+
+def test_tables_refuse_numbers_made_with_other_settings(ci_run, tmp_path):
+    """Without Snakemake's metadata (or with --rerun-triggers mtime) a param change is not seen; the
+    table rule still compares each metrics.json's config hash with the current config and stops."""
+    work = tmp_path / "copy"
+    shutil.copytree(ci_run / "results", work / "results", ignore=shutil.ignore_patterns("mlflow*"))
+    override = tmp_path / "coreset.yaml"
+    override.write_text("methods: {patchcore: {params: {coreset_ratio: 0.25}}}\n")
+    proc = snakemake(work, "results/tables/table2.csv", "--forcerun", "table2", "--rerun-triggers", "mtime",
+                     configs=(override,))
+    assert proc.returncode != 0
+    assert "run(s) were made with other settings than the current config" in proc.output
+    assert "embedded/brick/patchcore/seed0/metrics.json: made with config hash" in proc.output
+    assert "embedded/brick/cflow/seed0/metrics.json: made with" not in proc.output
+    assert not (work / "results" / "tables" / "table2.csv").exists()
+
+
+def test_adding_a_category_to_a_real_dataset_redoes_no_other_category(tmp_path):
+    """An MVTec-layout folder (written by the embedded generator): run one category, add a second; the
+    plan then prepares, extracts and fits only the new one (per-category markers, no categories in the
+    rules' params)."""
+    from adbench.embedded import EmbeddedConfig, generate_category
+
+    small = EmbeddedConfig(seed=0, size=64, n_train=4, n_test_good=2, n_test_anomalous=2)
+    for category in ("brick", "coins"):
+        generate_category(tmp_path / "mvtec", category, small)
+
+    def config(categories: str) -> Path:
+        path = tmp_path / f"{categories}.yaml"
+        path.write_text(
+            f"datasets: {{mvtec: {{kind: mvtec_ad, root: {tmp_path / 'mvtec'}, categories: [{categories}]}}}}\n"
+            "run: {datasets: [mvtec], methods: [patchcore]}\n"
+            "tables: {table2: {dataset: mvtec, methods: [patchcore]}, table4: {datasets: [mvtec], methods: [patchcore]}}\n"
+            "mlflow: {enabled: false}\n")
+        return path
+
+    first = snakemake(tmp_path, "all_tables", configs=(config("brick"),))
+    assert first.returncode == 0, first.output[-4000:]
+    assert (tmp_path / "results/data/mvtec/brick.verified").exists()
+    plan = snakemake(tmp_path, "-n", "all_tables", configs=(config("brick, coins"),))
+    assert plan.returncode == 0, plan.output[-2000:]
+    jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
+    per_category = [(name, body) for name, body in jobs if name in ("prepare_category", "extract_features",
+                                                                    "fit_evaluate", "category_summary")]
+    assert per_category and all("category=coins" in body for _, body in per_category), plan.stdout[-3000:]
+    assert sorted(name for name, _ in per_category) == [
+        "category_summary", "extract_features", "extract_features", "fit_evaluate", "prepare_category"]
 
 
 def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(ci_run):

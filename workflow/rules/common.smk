@@ -4,10 +4,15 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from adbench.determinism import pin_cpu_isa
+from adbench.registry import check_method_entry
+from adbench.runs import config_hash, run_config, run_folder
 from adbench.tables import ablation_label
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+# Before any job starts: every job is a child process and inherits the pinned kernel ISA.
+pin_cpu_isa(config["determinism"]["cpu_isa"])
 
 RESULTS = config["results"]
 BACKBONE = config["backbone"]["name"]
@@ -16,13 +21,16 @@ FEATURE_TAG = f"{BACKBONE}_{SIZE}"
 
 
 def _check_config():
-    """Cross-field checks a JSON schema cannot express; fail at parse time with the fix."""
+    """Cross-field checks a JSON schema cannot express; fail at parse time with the fix.  Returns each
+    run method's resolved params."""
     for ds in config["run"]["datasets"]:
         if ds not in config["datasets"]:
             raise ValueError(f"run.datasets names '{ds}', which is not defined under datasets: in the config")
     for m in config["run"]["methods"]:
         if m not in config["methods"]:
             raise ValueError(f"run.methods names '{m}', which is not defined under methods: in the config")
+    # Each method's impl, param keys and values (e.g. epochs >= 1), before anything is prepared.
+    resolved = {m: check_method_entry(m, config["methods"][m]) for m in config["run"]["methods"]}
     tables = config["tables"]
     wanted = {"tables.table2": ([tables["table2"]["dataset"]], tables["table2"]["methods"])}
     if "table4" in tables:
@@ -38,20 +46,41 @@ def _check_config():
     from adbench.backbone import weights_file
 
     weights_file(BACKBONE, Path(config["backbone"]["weights_dir"]))
+    return resolved
 
 
-_check_config()
+# The resolved params (defaults merged in) of every method the run trains: what a run's config hash covers.
+METHOD_PARAMS = _check_config()
+
+
+def cell_config(dataset, method, seed):
+    """What determines one run's numbers (``adbench.runs.run_config``); its hash is in metrics.json."""
+    return run_config(config, dataset, method, seed, METHOD_PARAMS[method])
 
 
 def dataset_kind(dataset):
     return config["datasets"][dataset]["kind"]
 
 
+def dataset_source(dataset):
+    """Where a dataset's images are and how they are laid out: what the data and feature rules read (its
+    category list is left out, so adding a category reruns nothing for the others)."""
+    entry = config["datasets"][dataset]
+    return {"name": dataset, "kind": entry["kind"], "root": entry["root"], "url": entry.get("url")}
+
+
 def data_ready(wildcards):
-    """The marker that says a category's images are on disk (generated, downloaded or found)."""
-    if dataset_kind(wildcards.dataset) == "embedded":
-        return f"{RESULTS}/data/{wildcards.dataset}/{wildcards.category}.ready"
-    return f"{RESULTS}/data/{wildcards.dataset}/dataset.ready"
+    """The marker that says a category's images are on disk: generated (embedded) or found and decoded."""
+    suffix = "generated" if dataset_kind(wildcards.dataset) == "embedded" else "verified"
+    return f"{RESULTS}/data/{wildcards.dataset}/{wildcards.category}.{suffix}"
+
+
+def download_marker(wildcards):
+    """The dataset's download, for a category not on disk yet when the dataset has a ``url``."""
+    entry = config["datasets"][wildcards.dataset]
+    if entry.get("url") and not (Path(entry["root"]) / wildcards.category / "train").is_dir():
+        return [f"{RESULTS}/downloads/{wildcards.dataset}.done"]
+    return []
 
 
 def feature_path(dataset, category, split):
@@ -59,7 +88,7 @@ def feature_path(dataset, category, split):
 
 
 def run_dir(dataset, category, method, seed):
-    return f"{RESULTS}/{dataset}/{category}/{method}/seed{seed}"
+    return run_folder(RESULTS, dataset, category, method, seed)
 
 
 def fit_inputs(wildcards):
@@ -80,6 +109,18 @@ def category_tracking(wildcards):
     if not config["mlflow"].get("enabled", True):
         return []
     return [f"{RESULTS}/{wildcards.dataset}/{wildcards.category}/mlflow.json"]
+
+
+def expected_hashes(datasets, methods):
+    """``{metrics.json path: config hash}`` of every run of ``methods`` on ``datasets`` under the current
+    config; the table rules refuse a metrics.json whose hash differs (a number made with other settings)."""
+    return {
+        f"{run_dir(ds, c, m, s)}/metrics.json": config_hash(cell_config(ds, m, s))
+        for ds in datasets
+        for c in config["datasets"][ds]["categories"]
+        for m in methods
+        for s in config["run"]["seeds"]
+    }
 
 
 def table2_metrics():

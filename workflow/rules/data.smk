@@ -3,7 +3,7 @@
 
 rule generate_embedded:
     output:
-        f"{RESULTS}/data/{{dataset}}/{{category}}.ready",
+        f"{RESULTS}/data/{{dataset}}/{{category}}.generated",
     params:
         root=lambda w: config["datasets"][w.dataset]["root"],
         generator=lambda w: config["datasets"][w.dataset].get("generator", {}),
@@ -17,20 +17,43 @@ rule generate_embedded:
         "../scripts/generate_embedded.py"
 
 
-rule prepare_dataset:
+rule download_dataset:
+    """A real dataset's archive, downloaded, checked and unpacked into its root (all categories at once);
+    needed only by categories missing from the root (see ``download_marker``)."""
     output:
-        f"{RESULTS}/data/{{dataset}}/dataset.ready",
+        f"{RESULTS}/downloads/{{dataset}}.done",
     params:
-        dataset=lambda w: config["datasets"][w.dataset],
+        source=lambda w: dataset_source(w.dataset),
+        sha256=lambda w: config["datasets"][w.dataset].get("sha256"),
         archive_dir=lambda w: config["datasets"][w.dataset].get("archive_dir", f"{RESULTS}/downloads"),
     log:
-        f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
+        f"{RESULTS}/logs/download_dataset/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/prepare_dataset/{{dataset}}.tsv"
+        f"{RESULTS}/benchmarks/download_dataset/{{dataset}}.tsv"
     conda:
         "../envs/suite.yaml"
     script:
-        "../scripts/prepare_dataset.py"
+        "../scripts/download_dataset.py"
+
+
+rule prepare_category:
+    """One category of a real dataset, found on disk: every image and mask decoded and checked before the
+    marker is written.  One marker per category, so adding a category to the config prepares (and
+    extracts, fits) only that one."""
+    input:
+        download_marker,
+    output:
+        f"{RESULTS}/data/{{dataset}}/{{category}}.verified",
+    params:
+        source=lambda w: dataset_source(w.dataset),
+    log:
+        f"{RESULTS}/logs/prepare_category/{{dataset}}/{{category}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_category/{{dataset}}/{{category}}.tsv"
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/prepare_category.py"
 
 
 for _ds, _entry in config["datasets"].items():
@@ -40,7 +63,7 @@ for _ds, _entry in config["datasets"].items():
             name:
                 f"download_{_ds}"
             input:
-                f"{RESULTS}/data/{_ds}/dataset.ready",
+                f"{RESULTS}/downloads/{_ds}.done",
             default_target: False
 
 

@@ -12,6 +12,11 @@ rule fit_evaluate:
         metrics=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/metrics.json",
         scores=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/scores.csv",
         maps=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/maps.npz",
+    params:
+        # Everything that determines the run's numbers (its config hash): a change reruns the cell.
+        run=lambda w: cell_config(w.dataset, w.method, int(w.seed)),
+        weights_dir=config["backbone"]["weights_dir"],
+    # One torch thread, whatever --cores says: training results depend on the thread count.
     threads: 1
     log:
         f"{RESULTS}/logs/fit_evaluate/{{dataset}}/{{category}}/{{method}}/seed{{seed}}.log",

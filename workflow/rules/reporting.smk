@@ -10,6 +10,7 @@ rule table2:
     params:
         methods=config["tables"]["table2"]["methods"],
         dataset=config["tables"]["table2"]["dataset"],
+        hashes=expected_hashes([config["tables"]["table2"]["dataset"]], config["tables"]["table2"]["methods"]),
     log:
         f"{RESULTS}/logs/table2.log",
     benchmark:
@@ -29,6 +30,7 @@ rule table4:
     params:
         labels={m: ablation_label(config["methods"][m]) for m in config["tables"]["table4"]["methods"]},
         datasets=config["tables"]["table4"]["datasets"],
+        hashes=expected_hashes(config["tables"]["table4"]["datasets"], config["tables"]["table4"]["methods"]),
     log:
         f"{RESULTS}/logs/table4.log",
     benchmark:

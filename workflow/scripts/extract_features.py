@@ -1,6 +1,6 @@
 from adbench.jobs import extract_features, job_context
 
-w = snakemake.wildcards
+w, params = snakemake.wildcards, snakemake.params
 with job_context(snakemake.log[0], snakemake.threads):
-    extract_features(w.dataset, snakemake.params.dataset, w.category, w.split, w.backbone, int(w.size),
-                     snakemake.params.weights_dir, snakemake.params.batch_size, snakemake.output[0])
+    extract_features(dict(params.source), w.category, w.split, w.backbone, int(w.size), params.weights_dir,
+                     params.batch_size, snakemake.output[0])

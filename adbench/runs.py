@@ -1,0 +1,50 @@
+"""What identifies a run: its folder, the part of the config that determines its numbers, and that
+part's hash; and how its files are written (whole or not at all).  Light on imports (no torch): the
+workflow calls these while it parses the config."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+
+def run_folder(results: str | Path, dataset: str, category: str, method: str, seed: int) -> str:
+    """``<results>/<dataset>/<category>/<method>/seed<k>``: where one run's files live."""
+    return f"{results}/{dataset}/{category}/{method}/seed{seed}"
+
+
+def run_config(config: dict, dataset: str, method: str, seed: int, params: dict[str, Any]) -> dict[str, Any]:
+    """The part of the config that determines a run's numbers (what the config hash covers).
+
+    ``params`` are the method's params resolved against its defaults
+    (``adbench.registry.check_method_entry``), so a changed default changes the hash too.  The workflow
+    passes the result to ``fit_evaluate`` through ``params:``, so Snakemake reruns a cell when any of it
+    changes, and the table rules compare each ``metrics.json``'s hash with the current one.
+    """
+    ds = config["datasets"][dataset]
+    return {
+        "dataset": dataset,
+        "dataset_kind": ds["kind"],
+        "generator": ds.get("generator"),
+        "backbone": config["backbone"]["name"],
+        "image_size": config["backbone"]["image_size"],
+        "cpu_isa": config["determinism"]["cpu_isa"],
+        "method": method,
+        "impl": config["methods"][method]["impl"],
+        "params": params,
+        "seed": seed,
+    }
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """First 12 hex digits of the SHA-256 of the canonical JSON of ``cfg``."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,64 @@
+"""The kernel pin (adbench.determinism) and how CI's gate tolerances are measured (adbench.reference)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from adbench.determinism import ISA_VARIABLES, isa_environment
+from adbench.reference import reference_table
+
+PROVENANCE = "import json; from adbench.determinism import kernel_provenance; print(json.dumps(kernel_provenance()))"
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env})
+
+
+def test_the_pin_sets_every_library_and_native_sets_none():
+    assert isa_environment("avx2") == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+    assert isa_environment("native") == {}
+    with pytest.raises(ValueError, match=r"determinism.cpu_isa = 'avx512'"):
+        isa_environment("avx512")
+
+
+def test_a_pinned_process_dispatches_avx2_kernels_and_says_so():
+    proc = _python(PROVENANCE, **isa_environment("avx2"))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["cpu_capability"] == "AVX2"
+    assert (record["aten_cpu_capability"], record["onednn_max_cpu_isa"], record["mkl_cbwr"]) == ("avx2", "AVX2", "AVX2")
+
+
+def test_a_pin_set_after_torch_ran_is_refused():
+    host = _python("import torch; print(torch.backends.cpu.get_cpu_capability())").stdout.strip()
+    if host == "AVX2":
+        pytest.skip("this host's own kernels are AVX2: a late pin cannot be told from an early one here")
+    late = ("import os, torch; torch.ones(4).add(1); os.environ['ATEN_CPU_CAPABILITY'] = 'avx2'; " + PROVENANCE)
+    proc = _python(late)
+    assert proc.returncode != 0
+    assert f"ATEN_CPU_CAPABILITY=avx2 but torch dispatches {host} kernels" in proc.stderr
+
+
+def _per_seed(values: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [{"dataset": "d", "category": "c", "method": m, "seed": s, "image_auroc": v, "pixel_auroc": v}
+            for m, vs in values.items() for s, v in enumerate(vs)]
+    return pd.DataFrame(rows)
+
+
+def test_tolerances_come_from_the_seed_spread_the_isa_spread_and_a_floor():
+    pinned = _per_seed({"steady": [0.9] * 5, "noisy": [0.5, 0.6, 0.7, 0.8, 0.9], "isa": [0.8] * 5})
+    native = _per_seed({"steady": [0.9] * 5, "noisy": [0.5, 0.6, 0.7, 0.8, 0.9], "isa": [0.8, 0.75, 0.8, 0.8, 0.8]})
+    table = reference_table(pinned, native, ci_seed=0).set_index(["method", "metric"])
+    steady, noisy, isa = (table.loc[(m, "image_auroc")] for m in ("steady", "noisy", "isa"))
+    assert steady.value == 0.9 and steady.tolerance == pytest.approx(0.01) and steady.seed_sd == 0
+    sd = pd.Series([0.5, 0.6, 0.7, 0.8, 0.9]).std()
+    assert noisy.value == pytest.approx(0.7) and noisy.seed_sd == pytest.approx(sd, abs=1e-4)
+    assert noisy.tolerance == pytest.approx(3 * sd * (1 + 1 / 5) ** 0.5, abs=1e-4)
+    assert isa.isa_spread == pytest.approx(0.05) and isa.tolerance == pytest.approx(0.05)
+    assert set(table.seed) == {0} and set(table.seeds) == {5}

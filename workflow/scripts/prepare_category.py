@@ -1,0 +1,4 @@
+from adbench.jobs import job_context, prepare_category
+
+with job_context(snakemake.log[0], snakemake.threads):
+    prepare_category(dict(snakemake.params.source), snakemake.wildcards.category, snakemake.output[0])
