@@ -14,20 +14,35 @@ from pathlib import Path
 
 import pandas as pd
 
+from adbench.reference import AGGREGATE, METRICS
 from adbench.runs import run_folder
 
 
+def _metric(results: Path, dataset: str, category: str, method: str, seed: int, metric: str) -> float | None:
+    path = Path(run_folder(results, dataset, category, method, seed)) / "metrics.json"
+    return float(json.loads(path.read_text())[metric]) if path.exists() else None
+
+
 def compare(reference: Path, results: Path) -> pd.DataFrame:
-    """The reference table with ``got`` and ``status`` (ok, improved, REGRESSED, MISSING) columns."""
-    ref = pd.read_csv(reference)
+    """The reference table with ``got``, ``delta`` and ``status`` (ok, improved, REGRESSED, MISSING) columns.
+
+    A row of category ``all`` (metric ``mean_auroc``) is the mean of the method's image and pixel AUROC
+    over the categories the reference lists for it (``adbench.reference.with_aggregates``).
+    """
+    ref = pd.read_csv(reference, dtype={"category": str})
     got, status = [], []
     for row in ref.itertuples():
-        path = Path(run_folder(results, row.dataset, row.category, row.method, row.seed)) / "metrics.json"
-        if not path.exists():
+        if (row.category, row.metric) == AGGREGATE:
+            cats = ref.loc[(ref.dataset == row.dataset) & (ref.method == row.method) & (ref.category != AGGREGATE[0]),
+                           "category"].unique()
+            values = [_metric(results, row.dataset, c, row.method, row.seed, m) for c in cats for m in METRICS]
+            value = None if None in values or not values else sum(values) / len(values)
+        else:
+            value = _metric(results, row.dataset, row.category, row.method, row.seed, row.metric)
+        if value is None:
             got.append(float("nan"))
             status.append("MISSING")
             continue
-        value = float(json.loads(path.read_text())[row.metric])
         got.append(value)
         if value < row.value - row.tolerance:
             status.append("REGRESSED")

@@ -62,3 +62,31 @@ def test_tolerances_come_from_the_seed_spread_the_isa_spread_and_a_floor():
     assert noisy.tolerance == pytest.approx(3 * sd * (1 + 1 / 5) ** 0.5, abs=1e-4)
     assert isa.isa_spread == pytest.approx(0.05) and isa.tolerance == pytest.approx(0.05)
     assert set(table.seed) == {0} and set(table.seeds) == {5}
+
+
+def test_the_gate_checks_cells_and_each_methods_aggregate(tmp_path):
+    from adbench.regression import compare
+
+    values = {("a", "image_auroc"): 0.9, ("a", "pixel_auroc"): 0.7, ("b", "image_auroc"): 0.5, ("b", "pixel_auroc"): 0.3}
+    for cat in ("a", "b"):
+        run = tmp_path / "d" / cat / "m" / "seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({k: v for (c, k), v in values.items() if c == cat}))
+    reference = tmp_path / "ref.csv"
+    pd.DataFrame([
+        {"dataset": "d", "category": "a", "method": "m", "seed": 0, "metric": "image_auroc", "value": 0.92, "tolerance": 0.05},
+        {"dataset": "d", "category": "b", "method": "m", "seed": 0, "metric": "pixel_auroc", "value": 0.5, "tolerance": 0.1},
+        {"dataset": "d", "category": "all", "method": "m", "seed": 0, "metric": "mean_auroc", "value": 0.7, "tolerance": 0.05},
+        {"dataset": "d", "category": "c", "method": "m", "seed": 0, "metric": "image_auroc", "value": 0.7, "tolerance": 0.05},
+    ]).to_csv(reference, index=False)
+    table = compare(reference, tmp_path).set_index("category")
+    assert table.loc["a", "status"] == "ok"
+    assert table.loc["b", "status"] == "REGRESSED" and table.loc["b", "delta"] == pytest.approx(-0.2)
+    assert table.loc["c", "status"] == "MISSING"
+    # the aggregate averages image and pixel AUROC over the categories the reference lists for the method,
+    # and c has no run: missing
+    assert table.loc["all", "status"] == "MISSING"
+    pd.read_csv(reference).query("category != 'c'").to_csv(reference, index=False)
+    table = compare(reference, tmp_path).set_index("category")
+    assert table.loc["all", "got"] == pytest.approx((0.9 + 0.7 + 0.5 + 0.3) / 4)
+    assert table.loc["all", "status"] == "REGRESSED"  # 0.6 < 0.7 - 0.05
