@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: run test bench install reference
+.PHONY: run test bench install reference estimate
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11 ...)"; exit 1; }
@@ -30,3 +30,12 @@ bench: $(STAMP)
 # Re-measure CI's gate (results/reference/ci.csv): the CI config with 5 seeds, pinned and native kernels.
 reference: $(STAMP)
 	$(BIN)/python -m adbench.reference --work build/reference --out results/reference/ci.csv
+
+# What config/paper.yaml costs (CPU and, when measured there, GPU hours; disk), from bench_devices.py's
+# per-epoch times at the paper's network sizes.  The CPU measurement is made once (a few minutes); put a
+# GPU one at results/benchmarks/devices_cuda.json (README: "What the paper profile costs").
+CPU_BENCH := results/benchmarks/devices_cpu.json
+GPU_BENCH := results/benchmarks/devices_cuda.json
+estimate: $(STAMP)
+	test -f $(CPU_BENCH) || $(BIN)/python benchmarks/bench_devices.py --device cpu --budget paper --epochs 2 --n-train 4 --n-test 4 --out $(CPU_BENCH)
+	$(BIN)/python -m adbench.estimate --config config/paper.yaml --benchmark cpu=$(CPU_BENCH) $(if $(wildcard $(GPU_BENCH)),--benchmark cuda=$(GPU_BENCH)) --out results/benchmarks/estimate_paper.json

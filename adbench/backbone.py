@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adbench.protocol import resolve_device
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -112,10 +114,12 @@ class Backbone(nn.Module):
 
     ``forward(images)``: images (B, 3, H, W) uint8 or float in [0, 1] -> list of float32 maps
     ``[(B, C_8, H/8, W/8), (B, C_16, H/16, W/16)]``; normalisation with the model's own mean/std happens
-    inside.  ``channels`` gives (C_8, C_16).
+    inside.  ``channels`` gives (C_8, C_16).  It runs on ``device`` (the config's ``device`` setting, see
+    ``adbench.protocol.resolve_device``; or ``.to(...)`` later): images are moved there and the maps
+    come back on it.
     """
 
-    def __init__(self, name: str, weights_dir: Path) -> None:
+    def __init__(self, name: str, weights_dir: Path, device: str | torch.device = "cpu") -> None:
         super().__init__()
         import timm
 
@@ -133,8 +137,10 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1))
         self.requires_grad_(False)
+        self.to(resolve_device(device))
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        images = images.to(self.mean.device)
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         return [f.float() for f in self.model((x - self.mean) / self.std)]

@@ -185,20 +185,45 @@ def _open(path: Path, name: str | None = None, url: str | None = None) -> Image.
                            f"{_replace_fix(Path(path), name, url)}") from exc
 
 
-def _image_array(img: Image.Image, size: int) -> np.ndarray:
+#: How images reach the evaluation size S (the config's ``backbone.preprocess``):
+#: ``squash``: every image resized to S x S (bilinear; masks nearest), whatever its aspect ratio;
+#: ``authors``: as the FOD authors' dataset code does: MVTec AD (and the embedded set, in its layout)
+#: resized to S x S with Lanczos, BTAD and MVTec3D resized so that the shorter side is S (bilinear)
+#: and centre-cropped to S x S; masks take the same geometry with nearest-neighbour sampling.
+PREPROCESSING = ("squash", "authors")
+_CROPPED_KINDS = ("btad", "mvtec3d")
+
+
+def _to_size(img: Image.Image, size: int, kind: str, preprocess: str, mask: bool) -> Image.Image:
+    """``img`` at ``size`` x ``size`` px by the ``preprocess`` rule for dataset ``kind`` (see PREPROCESSING)."""
+    if preprocess not in PREPROCESSING:
+        raise ValueError(f"backbone.preprocess = {preprocess!r}: use one of {PREPROCESSING}")
+    resample = Image.NEAREST if mask else Image.BILINEAR
+    if preprocess == "squash" or kind not in _CROPPED_KINDS:
+        if preprocess == "authors" and not mask:
+            resample = Image.LANCZOS
+        return img if img.size == (size, size) else img.resize((size, size), resample)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), resample)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _image_array(img: Image.Image, size: int, kind: str = "mvtec_ad", preprocess: str = "squash") -> np.ndarray:
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greys: rescale to 8 bit
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    img = img.convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+    img = _to_size(img.convert("RGB"), size, kind, preprocess, mask=False)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def _mask_array(img: Image.Image, size: int) -> np.ndarray:
+def _mask_array(img: Image.Image, size: int, kind: str = "mvtec_ad", preprocess: str = "squash") -> np.ndarray:
     if img.mode == "P":
         img = img.convert("RGB")
     arr = np.asarray(img)
@@ -206,22 +231,22 @@ def _mask_array(img: Image.Image, size: int) -> np.ndarray:
         arr = arr[..., :-1]  # ignore alpha: an opaque black mask is still empty
     if arr.ndim == 3:
         arr = arr.any(axis=-1)
-    binary = Image.fromarray((arr != 0).astype(np.uint8))
-    if binary.size != (size, size):
-        binary = binary.resize((size, size), Image.NEAREST)
+    binary = _to_size(Image.fromarray((arr != 0).astype(np.uint8)), size, kind, preprocess, mask=True)
     return np.asarray(binary, dtype=np.uint8).copy()
 
 
-def load_image(path: Path, size: int, *, name: str | None = None, url: str | None = None) -> np.ndarray:
-    """uint8 (3, size, size) RGB; grayscale / RGBA / palette inputs are converted, PIL bilinear resize."""
-    return _image_array(_open(Path(path), name, url), size)
+def load_image(path: Path, size: int, *, name: str | None = None, url: str | None = None,
+               kind: str = "mvtec_ad", preprocess: str = "squash") -> np.ndarray:
+    """uint8 (3, size, size) RGB; grayscale / RGBA / palette inputs are converted; resized by ``preprocess``."""
+    return _image_array(_open(Path(path), name, url), size, kind, preprocess)
 
 
-def load_mask(path: Path | None, size: int, *, name: str | None = None, url: str | None = None) -> np.ndarray:
-    """uint8 (size, size) in {0, 1}: every nonzero pixel -> 1; ``None`` -> all zeros; nearest resize."""
+def load_mask(path: Path | None, size: int, *, name: str | None = None, url: str | None = None,
+              kind: str = "mvtec_ad", preprocess: str = "squash") -> np.ndarray:
+    """uint8 (size, size) in {0, 1}: every nonzero pixel -> 1; ``None`` -> all zeros; nearest sampling."""
     if path is None:
         return np.zeros((size, size), dtype=np.uint8)
-    return _mask_array(_open(Path(path), name, url), size)
+    return _mask_array(_open(Path(path), name, url), size, kind, preprocess)
 
 
 def _check_mask_size(sample: Sample, image_size: tuple[int, int], mask_size: tuple[int, int],
@@ -233,9 +258,9 @@ def _check_mask_size(sample: Sample, image_size: tuple[int, int], mask_size: tup
             f"its image's size (stretched, it would mark the wrong pixels): {_replace_fix(sample.mask, name, url)}")
 
 
-def load_sample(sample: Sample, size: int, *, name: str | None = None,
-                url: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The sample's image (``load_image``) and mask (``load_mask``) at ``size``.
+def load_sample(sample: Sample, size: int, *, name: str | None = None, url: str | None = None,
+                kind: str = "mvtec_ad", preprocess: str = "squash") -> tuple[np.ndarray, np.ndarray]:
+    """The sample's image (``load_image``) and mask (``load_mask``) at ``size``, by ``preprocess``.
 
     Raises:
         DatasetError: a file is unreadable, or the mask's size differs from the image's (naming both
@@ -243,10 +268,10 @@ def load_sample(sample: Sample, size: int, *, name: str | None = None,
     """
     img = _open(sample.image, name, url)
     if sample.mask is None:
-        return _image_array(img, size), np.zeros((size, size), dtype=np.uint8)
+        return _image_array(img, size, kind, preprocess), np.zeros((size, size), dtype=np.uint8)
     mask = _open(sample.mask, name, url)
     _check_mask_size(sample, img.size, mask.size, name, url)
-    return _image_array(img, size), _mask_array(mask, size)
+    return _image_array(img, size, kind, preprocess), _mask_array(mask, size, kind, preprocess)
 
 
 def verify_samples(samples: list[Sample], *, name: str | None = None, url: str | None = None,

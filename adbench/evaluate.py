@@ -26,7 +26,7 @@ import torch
 from adbench.determinism import kernel_provenance
 from adbench.features import cache_meta, load_split
 from adbench.metrics import evaluate as compute_metrics
-from adbench.protocol import AnomalyMethod, Prediction
+from adbench.protocol import AnomalyMethod, Prediction, device_name, resolve_device
 from adbench.registry import method_class
 from adbench.runs import config_hash, write_atomic
 from adbench.tracking import RecordingTracker, git_commit
@@ -45,17 +45,25 @@ def build_method(cfg: dict[str, Any], weights_dir: str | Path) -> AnomalyMethod:
 
 
 def fit_run(cfg: dict[str, Any], category: str, train_path: Path, model_path: Path, run_path: Path,
-            test_path: Path | None = None, weights_dir: str | Path = "results/weights") -> None:
+            test_path: Path | None = None, weights_dir: str | Path = "results/weights",
+            device: str = "cpu") -> None:
     """Fit the method of run config ``cfg`` on the cached training split; write the model and ``run.json``
-    (the run's identity, the kernels it ran on, fit time and per-epoch training losses, which
-    ``adbench.tracking`` later logs to MLflow)."""
+    (the run's identity, the kernels and the device it ran on, fit time and per-epoch training losses,
+    which ``adbench.tracking`` later logs to MLflow).
+
+    ``device``: the config's ``device`` setting (auto, cpu, cuda, cuda:N; ``resolve_device``).  It is
+    recorded (``device``, ``device_name``) but is not part of ``cfg`` or its hash: a GPU run is another
+    draw of the same configuration, not another configuration.
+    """
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
+    run_on = resolve_device(device)
     params = {**cfg, "category": category, "config_hash": config_hash(cfg), "git_commit": git_commit(),
-              **kernel_provenance()}
+              **kernel_provenance(), "device": str(run_on), "device_name": device_name(run_on)}
+    print(f"device: {run_on} (setting {device!r})", flush=True)
     tracker = RecordingTracker()
-    model = build_method(cfg, weights_dir)
+    model = build_method(cfg, weights_dir).to(run_on)
     train = load_split(train_path)
     kwargs = {}
     monitor_every = cfg["params"].get("monitor_every", 0)
@@ -99,11 +107,15 @@ def _map_images(prediction: Prediction, test, out_dir: Path, count: int = 4) -> 
     return paths
 
 
-def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Path) -> dict[str, Any]:
-    """Score the cached test split with the model fitted by ``fit_run``; write metrics, scores and maps."""
+def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Path,
+                 device: str = "cpu") -> dict[str, Any]:
+    """Score the cached test split with the model fitted by ``fit_run``, on ``device`` (the config's
+    ``device`` setting; recorded in metrics.json as ``device`` and ``device_name``); write metrics, scores
+    and maps."""
     identity = json.loads(Path(run_path).read_text())
     method = identity["method"]
-    model = method_class(identity["impl"]).load(model_path)
+    run_on = resolve_device(device)
+    model = method_class(identity["impl"]).load(model_path, device=run_on)
     test = load_split(test_path)
     start = time.perf_counter()
     prediction = model.predict(test)
@@ -121,8 +133,9 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
         **metrics, **prediction.extra,
         "evaluation_resolution": test.image_size, "n_test": len(test), "n_anomalous": int(test.labels.sum()),
         "predict_seconds": predict_seconds, "fit_seconds": identity["fit_seconds"],
+        "device": str(run_on), "device_name": device_name(run_on),
         **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "seed", "backbone",
-                                    "config_hash", "git_commit", "cpu_isa", "cpu_capability")},
+                                    "config_hash", "git_commit", "cpu_isa", "cpu_capability", "preprocess")},
     }
     import pandas as pd
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from adbench.backbone import STRIDES, Backbone
 from adbench.datasets import list_samples, load_sample
-from adbench.protocol import Split
+from adbench.protocol import Split, resolve_device
 
 CACHE_VERSION = 1
 
@@ -24,26 +24,35 @@ CACHE_VERSION = 1
 def extract_split(
     kind: str, root: Path, category: str, split: str, backbone: Backbone, image_size: int,
     batch_size: int = 16, progress: bool = True, *, name: str | None = None, url: str | None = None,
+    device: str | torch.device | None = None, preprocess: str = "squash",
 ) -> Split:
     """Decode, resize and run ``backbone`` over every image of one split.
 
+    ``device`` (the config's ``device`` setting): where the backbone runs (it is moved there first);
+    ``None`` leaves it where it is.  The features come back to the CPU batch by batch: the cache, and the
+    ``Split``, always hold CPU tensors.
+
     ``name`` and ``url`` (the dataset's config entry) word the fix in ``DatasetError`` messages; a mask
     whose size differs from its image's stops extraction (``adbench.datasets.load_sample``).
+    ``preprocess``: how images reach ``image_size`` (``adbench.datasets.PREPROCESSING``).
     """
+    if device is not None:
+        backbone.to(resolve_device(device))
     samples = list_samples(kind, Path(root), category, split, name=name, url=url)
     images = np.empty((len(samples), 3, image_size, image_size), np.uint8)
     masks = np.empty((len(samples), image_size, image_size), np.uint8)
     levels: list[list[torch.Tensor]] = [[] for _ in STRIDES]
     bar = tqdm(total=len(samples), desc=f"features {category}/{split}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        decoded = pool.map(lambda s: load_sample(s, image_size, name=name, url=url), samples)  # runs ahead
+        decoded = pool.map(  # runs ahead of the backbone
+            lambda s: load_sample(s, image_size, name=name, url=url, kind=kind, preprocess=preprocess), samples)
         for start in range(0, len(samples), batch_size):
             stop = min(start + batch_size, len(samples))
             for i in range(start, stop):
                 images[i], masks[i] = next(decoded)
             feats = backbone(torch.from_numpy(images[start:stop]))
             for level, f in zip(levels, feats):
-                level.append(f)
+                level.append(f.cpu())
             bar.update(stop - start)
     bar.close()
     return Split(

@@ -62,15 +62,22 @@ def prepare_category(source: dict, category: str, ready: str) -> None:
 
 
 def extract_features(source: dict, category: str, split: str, backbone: str, image_size: int,
-                     weights_dir: str, batch_size: int, out: str) -> None:
+                     weights_dir: str, batch_size: int, out: str, device: str = "cpu",
+                     preprocess: str = "squash") -> None:
+    """Run the frozen backbone over one split on ``device`` (the config's ``device`` setting: auto, cpu,
+    cuda, cuda:N) and write the feature cache (CPU tensors; the resolved device is in its ``meta``).
+    ``preprocess``: how images reach ``image_size`` (``adbench.datasets.PREPROCESSING``)."""
     from adbench.backbone import Backbone
     from adbench.features import extract_split, save_split
+    from adbench.protocol import resolve_device
 
-    model = Backbone(backbone, Path(weights_dir))
+    run_on = resolve_device(device)
+    print(f"device: {run_on} (setting {device!r})", flush=True)
+    model = Backbone(backbone, Path(weights_dir), device=run_on)
     data = extract_split(source["kind"], Path(source["root"]), category, split, model, image_size, batch_size,
-                         name=source["name"], url=source.get("url"))
+                         name=source["name"], url=source.get("url"), preprocess=preprocess)
     meta = {"dataset": source["name"], "category": category, "split": split, "backbone": backbone,
-            "image_size": image_size}
+            "image_size": image_size, "device": str(run_on), "preprocess": preprocess}
     save_split(data, Path(out), meta)
 
 

@@ -8,6 +8,10 @@ Each caller passes the variant it was written and validated with (start rule, pr
 Euclidean distances, lazy or plain loop, order of the distance arithmetic).  Where two variants agree in
 exact arithmetic they can still differ by float rounding, hence in a near-tie; keeping each caller's
 variant keeps its selections and scores bit-identical to what it produced before this module existed.
+
+Devices: everything runs on the device of the points / queries (the bank must be on the queries' device).
+Random draws (projection matrix, start points) always come from the CPU ``generator`` and are then moved,
+so a selection on a GPU differs from the CPU's only by the rounding of the distance arithmetic.
 """
 from __future__ import annotations
 
@@ -77,8 +81,8 @@ def random_projection(x: torch.Tensor, dim: int, generator: torch.Generator, kin
         weight = torch.empty(dim, d)
         bound = 1.0 / np.sqrt(d)
         weight.uniform_(-bound, bound, generator=generator)
-        return x @ weight.T
-    return x @ (torch.randn(d, dim, generator=generator) / dim**0.5)
+        return x @ weight.to(x.device).T
+    return x @ (torch.randn(d, dim, generator=generator) / dim**0.5).to(x.device)
 
 
 def greedy_k_center(
@@ -112,30 +116,32 @@ def greedy_k_center(
             distances are brought up to date, with one (block, D) @ (D, m) product for the m centres added
             since its last update, only when its stale maximum, an upper bound, is the largest of all
             blocks; the selected point is still the exact farthest one, for a fraction of the work.
+            CPU only: on other devices (where the lazy loop's host round trip per step would cost more
+            than it saves) the plain loop runs, which selects the same points up to float rounding.
         progress: show a progress bar.
     Returns:
-        (n_select,) int64 row indices of ``points``, in selection order.
+        (n_select,) int64 row indices of ``points``, in selection order, on the CPU.
     """
     z = random_projection(points, projection_dim, generator, projection)
     p = z.shape[0]
     n_select = min(int(n_select), p)
     sq = (z * z).sum(1)
-    selected = torch.empty(n_select, dtype=torch.long)
+    selected = torch.empty(n_select, dtype=torch.long, device=z.device)
     if n_select == 0:
-        return selected
+        return selected.cpu()
     if start_points is None:
-        selected[0] = torch.randint(p, (1,), generator=generator)
-        min_dist = torch.full((p,), float("inf"))
+        selected[0] = int(torch.randint(p, (1,), generator=generator))
+        min_dist = torch.full((p,), float("inf"), device=z.device)
         first = 1  # steps that still have to choose a point
     else:
-        starts = torch.randint(p, (min(start_points, p),), generator=generator)
+        starts = torch.randint(p, (min(start_points, p),), generator=generator).to(z.device)
         min_dist = torch.cdist(z, z[starts]).mean(1)  # (P,) approximate distance to the (empty) selection
         if squared:
             min_dist = min_dist.square()
         first = 0
-    if block is None:
+    if block is None or z.device.type != "cpu":
         _plain_loop(z, sq, min_dist, selected, first, squared, progress)
-        return selected
+        return selected.cpu()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny products: worker threads would only spin and wait
     try:
@@ -155,7 +161,7 @@ def _plain_loop(z, sq, min_dist, selected, first, squared, progress) -> None:
             selected[i] = torch.argmax(min_dist)
         if i + 1 == len(selected):
             break  # the last selection needs no update
-        centre = z[selected[i]]
+        centre = z.index_select(0, selected[i : i + 1])[0]  # no host round trip on a GPU
         dist = sq - 2.0 * (z @ centre) + centre.square().sum()
         if not squared:
             dist = dist.clamp_(min=0).sqrt_()

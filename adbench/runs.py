@@ -21,6 +21,10 @@ def run_config(config: dict, dataset: str, method: str, seed: int, params: dict[
     (``adbench.registry.check_method_entry``), so a changed default changes the hash too.  The workflow
     passes the result to ``fit_evaluate`` through ``params:``, so Snakemake reruns a cell when any of it
     changes, and the table rules compare each ``metrics.json``'s hash with the current one.
+
+    The config's ``device`` setting is deliberately left out: a GPU run is another draw of the same
+    configuration (its last bits differ, as another seed's would), not another configuration, so it is
+    recorded in run.json / metrics.json (``device``, ``device_name``) but does not change the hash.
     """
     ds = config["datasets"][dataset]
     return {
@@ -29,6 +33,7 @@ def run_config(config: dict, dataset: str, method: str, seed: int, params: dict[
         "generator": ds.get("generator"),
         "backbone": config["backbone"]["name"],
         "image_size": config["backbone"]["image_size"],
+        "preprocess": config["backbone"]["preprocess"],
         "cpu_isa": config["determinism"]["cpu_isa"],
         "method": method,
         "impl": config["methods"][method]["impl"],

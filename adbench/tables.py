@@ -11,7 +11,32 @@ from pathlib import Path
 import pandas as pd
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
-PAPER_TABLE2_DATASET_KIND = "mvtec_ad"
+# Every category of the datasets the paper reports on (dataset kind -> folder names).
+PAPER_CATEGORIES: dict[str, list[str]] = {
+    "mvtec_ad": ["carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut",
+                 "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper"],
+    "btad": ["01", "02", "03"],
+    "mvtec3d": ["bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire"],
+}
+
+
+def published_row(kind: str) -> str:
+    """Label of the row holding the paper's published mean over all of a dataset's categories."""
+    return f"paper mean, all {len(PAPER_CATEGORIES[kind])} categories (published)"
+
+
+def paper_reference(kind: str, metric: str = "image_auroc") -> tuple[pd.DataFrame | None, pd.Series | None]:
+    """The paper's numbers for a dataset kind: per-category values (categories x methods; MVTec AD image
+    AUROC, its Table 2) and the published all-category means (methods), either ``None`` when the paper
+    has none."""
+    if kind == "mvtec_ad" and metric == "image_auroc":
+        t2 = pd.read_csv(PAPER_DIR / "table2.csv", dtype={"category": str}).set_index("category")
+        return t2.drop(index="mean"), t2.loc["mean"]
+    if kind in ("btad", "mvtec3d"):
+        t3 = pd.read_csv(PAPER_DIR / "table3.csv").set_index(["dataset", "metric"])
+        if (kind, metric) in t3.index:
+            return None, t3.loc[(kind, metric)]
+    return None, None
 
 
 class StaleRunError(ValueError):
@@ -37,9 +62,14 @@ def load_metrics(paths: list[str | Path], expected: dict[str, str] | None = None
     return pd.DataFrame(rows)
 
 
-def table2(runs: pd.DataFrame, methods: list[str], metric: str = "image_auroc",
-           paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Categories x methods of ``metric`` (mean over seeds), categories in run order, plus a ``mean`` row."""
+def table2(runs: pd.DataFrame, methods: list[str], metric: str = "image_auroc", kind: str | None = None) -> pd.DataFrame:
+    """Categories x methods of ``metric`` (mean over seeds), categories in run order, plus a ``mean`` row.
+
+    When the paper reports on the dataset ``kind``, ``paper:<method>`` columns stand beside ours: its
+    per-category values where it has them, and in the ``mean`` row the mean of its values over the same
+    categories we ran (like with like: left empty when the paper has no per-category values and we ran
+    only some categories).  A last row (``published_row``) holds the paper's published all-category mean.
+    """
     categories = list(dict.fromkeys(runs["category"]))
     cells = runs.groupby(["category", "method"])[metric].mean().unstack("method")
     table = cells.reindex(index=categories, columns=methods)
@@ -47,11 +77,23 @@ def table2(runs: pd.DataFrame, methods: list[str], metric: str = "image_auroc",
     if missing:
         raise ValueError(f"no {metric} for some categories of methods {missing}: run them first")
     table.loc["mean"] = table.mean()
-    if paper is not None:
-        ref = paper.set_index("category").reindex(table.index)
+    per_category, published = paper_reference(kind, metric) if kind in PAPER_CATEGORIES else (None, None)
+    if published is not None:
+        all_ran = set(categories) == set(PAPER_CATEGORIES[kind])
         for m in methods:
-            if m in ref:
-                table[f"paper:{m}"] = ref[m]
+            if m not in published.index:
+                continue
+            col = pd.Series(float("nan"), index=table.index)
+            if per_category is not None:
+                col[categories] = per_category[m].reindex(categories).to_numpy()
+                col["mean"] = col[categories].mean()
+            elif all_ran:
+                col["mean"] = published[m]
+            table[f"paper:{m}"] = col
+        table.loc[published_row(kind)] = float("nan")
+        for m in methods:
+            if f"paper:{m}" in table:
+                table.loc[published_row(kind), f"paper:{m}"] = published[m]
     table.index.name = "category"
     return table
 
@@ -62,7 +104,8 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
     for idx, row in table.iterrows():
         cells = ["-" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
-        lines.append("| " + " | ".join([f"**{idx}**" if idx == "mean" else str(idx)] + cells) + " |")
+        lines.append("| " + " | ".join([f"**{idx}**" if idx == "mean" or str(idx).startswith("paper mean")
+                                        else str(idx)] + cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -70,12 +113,19 @@ def write_table2(metrics_files: list[str], dataset: str, methods: list[str], csv
                  expected: dict[str, str] | None = None) -> None:
     runs = load_metrics(metrics_files, expected)
     runs = runs[runs["dataset"] == dataset]
-    kinds = {json.loads(Path(p).read_text()).get("dataset_kind") for p in metrics_files}
-    paper = pd.read_csv(PAPER_DIR / "table2.csv") if kinds == {PAPER_TABLE2_DATASET_KIND} else None
-    table = table2(runs, methods, paper=paper)
+    kinds = set(runs["dataset_kind"])
+    table = table2(runs, methods, kind=kinds.pop() if len(kinds) == 1 else None)
     table.to_csv(csv_out, float_format="%.4f")
-    title = f"Table 2: image-level AUROC per category on `{dataset}` (mean over seeds {sorted(set(runs['seed']))})\n\n"
+    title = (f"Table 2: image-level AUROC per category on `{dataset}` (mean over seeds {sorted(set(runs['seed']))}); "
+             f"`paper:*` columns: the paper's values for the same categories, their mean over the categories "
+             f"run here, and its published all-category mean in the last row; {_preprocessing(runs)}\n\n")
     Path(md_out).write_text(title + to_markdown(table))
+
+
+def _preprocessing(runs: pd.DataFrame) -> str:
+    """Which image preprocessing (``backbone.preprocess``) the runs used, for a table's caption."""
+    used = sorted(set(runs["preprocess"].dropna())) if "preprocess" in runs else []
+    return f"images preprocessed by `{'`, `'.join(used)}` (backbone.preprocess)" if used else "preprocessing not recorded"
 
 
 def ablation_label(method_entry: dict) -> str:
@@ -110,6 +160,15 @@ def write_table4(metrics_files: list[str], labels: dict[str, str], datasets: lis
     runs = load_metrics(metrics_files, expected)
     table = table4(runs, labels, datasets, paper=pd.read_csv(PAPER_DIR / "table4.csv"))
     table.to_csv(csv_out, float_format="%.4f")
+    counts = []
+    for ds in datasets:
+        ran = runs.loc[runs["dataset"] == ds]
+        kind, n = ran["dataset_kind"].iloc[0], ran["category"].nunique()
+        total = f" of {len(PAPER_CATEGORIES[kind])}" if kind in PAPER_CATEGORIES else ""
+        counts.append(f"`{ds}` ({kind}): {n}{total} categories")
     Path(md_out).write_text(
-        "Table 4: FOD ablations, image-level AUROC (mean over categories and seeds); `paper:*` columns are "
-        "the paper's numbers on its datasets\n\n" + to_markdown(table))
+        "Table 4: FOD ablations, image-level AUROC (mean over categories and seeds).  Our columns average the "
+        f"categories run here ({'; '.join(counts)}); the `paper:*` columns are the paper's published means over "
+        "all categories of its datasets, so they compare like with like only where every category was run; "
+        f"{_preprocessing(runs)}\n\n"
+        + to_markdown(table))

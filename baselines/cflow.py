@@ -40,6 +40,10 @@ Adapted for the shared backbone and the feature cache:
       > 0 is refused with a ValueError;
     * the public code picks the epoch with the best *test* AUROC; here the last epoch is used.
 
+Devices (``method.to(device)``): the flows are built on the CPU (same initialisation everywhere), then
+trained and evaluated on ``self.device`` with the fibres and conditions there; the fibre shuffles come
+from a CPU generator.
+
 Reduced budget (``DEFAULT_PARAMS`` against ``PAPER_PARAMS``): 2 meta-epochs x 2 sub-epochs = 4 passes
 over the training fibres (public: 25 x 8 = 200) with one warm-up meta-epoch (public: 2); everything else
 (architecture, lr, batch, clamp, condition size) is the public code's.
@@ -56,7 +60,8 @@ from scipy.stats import special_ortho_group
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, merge_params
+from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, merge_params,
+                              state_to_cpu)
 
 __all__ = ["CFlow", "ConditionalFlow", "CouplingBlock", "positional_encoding_2d", "DEFAULT_PARAMS", "PAPER_PARAMS"]
 
@@ -258,15 +263,17 @@ class CFlow(AnomalyMethod):
         p = self.params
         fibre_batch, n_cond = int(p["fiber_batch"]), int(p["condition_vec"])
         meta_epochs, sub_epochs = int(p["meta_epochs"]), int(p["sub_epochs"])
+        dev = self.device
         data = []
         for feats in train.features:
             h, w = feats.shape[-2:]
-            data.append((_fibres(feats), _position_table(n_cond, h, w)))
+            data.append((_fibres(feats).to(dev), _position_table(n_cond, h, w).to(dev)))
         self.history = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._build([f.shape[1] for f, _ in data])
             assert self.flows is not None
+            self.flows.to(dev)
             gen = torch.Generator().manual_seed(self.seed)
             optimizer = torch.optim.Adam(self.flows.parameters(), lr=float(p["lr"]))
             batches_per_pass = sum(max(1, len(f) // fibre_batch) for f, _ in data)
@@ -285,7 +292,7 @@ class CFlow(AnomalyMethod):
                             lr = self._lr(meta, step, steps_per_meta)
                             for group in optimizer.param_groups:
                                 group["lr"] = lr
-                            idx = perm[b * fibre_batch : (b + 1) * fibre_batch]
+                            idx = perm[b * fibre_batch : (b + 1) * fibre_batch].to(dev)
                             cond = table[idx % len(table)]
                             loss = -F.logsigmoid(flow.log_prob_per_dim(fib[idx], cond))
                             optimizer.zero_grad(set_to_none=True)
@@ -314,22 +321,24 @@ class CFlow(AnomalyMethod):
 
     @torch.no_grad()
     def log_likelihoods(self, split: Split) -> list[torch.Tensor]:
-        """Per level, the per-dimension log-likelihood of every fibre: (N, h_l, w_l) float64 each."""
+        """Per level, the per-dimension log-likelihood of every fibre: (N, h_l, w_l) float64 each, on
+        ``self.device``."""
         if self.flows is None:
             raise RuntimeError("CFlow.predict called before fit/load")
         if [int(f.shape[1]) for f in split.features] != self.channels:
             raise ValueError(
                 f"feature channels {[int(f.shape[1]) for f in split.features]} differ from the trained {self.channels}"
             )
-        self.flows.eval()
+        dev = self.device
+        self.flows.to(dev).eval()
         chunk, n_cond = int(self.params["eval_batch"]), int(self.params["condition_vec"])
         out = []
         for flow, feats in zip(self.flows, split.features):
             n, _, h, w = feats.shape
-            fib, table = _fibres(feats), _position_table(n_cond, h, w)
-            cells = torch.arange(len(fib)) % (h * w)
+            fib, table = _fibres(feats), _position_table(n_cond, h, w).to(dev)
+            cells = (torch.arange(len(fib)) % (h * w)).to(dev)
             logp = torch.cat([
-                flow.log_prob_per_dim(fib[i : i + chunk], table[cells[i : i + chunk]])
+                flow.log_prob_per_dim(fib[i : i + chunk].to(dev), table[cells[i : i + chunk]])
                 for i in range(0, len(fib), chunk)
             ])
             out.append(logp.double().reshape(n, h, w))
@@ -343,17 +352,17 @@ class CFlow(AnomalyMethod):
             up = F.interpolate(prob[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
             total = up if total is None else total + up
         assert total is not None
-        maps = (total.max() - total).numpy()
+        maps = (total.max() - total).cpu().numpy()
         return Prediction(scores=maps.reshape(len(maps), -1).max(axis=1), maps=maps.astype(np.float32))
 
     def state_dict(self) -> dict[str, Any]:
         if self.flows is None:
             raise RuntimeError("CFlow has no state before fit")
-        return {
+        return state_to_cpu({
             "channels": list(self.channels),
             "flows": {k: v.detach().clone() for k, v in self.flows.state_dict().items()},
             "history": list(self.history),
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._build(list(state["channels"]))

@@ -41,8 +41,9 @@ Adapted
 - Sampling: each epoch visits every training image once in a seeded random order (the public data loader
   draws image indices with replacement); all randomness comes from ``seed``.
 - Channel order RGB (the public code reads BGR with OpenCV; immaterial for a network trained from
-  scratch).  ``device`` (default ``cpu``; ``auto`` picks CUDA) moves training and inference to a GPU for
-  the paper-sized runs; synthetic anomalies are always made on the CPU.
+  scratch).  ``method.to(device)`` (the config's top-level ``device`` setting; the ``device`` param of
+  earlier versions is gone) moves training and inference, and a ``feature_extractor`` module, to a GPU;
+  the networks are initialised on the CPU, and synthetic anomalies are always made on the CPU.
 - "Same backbone as in our model" (the FOD paper's claim for all baselines).  DRAEM has no backbone.  The
   suite offers two readings through the param ``reconstruction``:
 
@@ -80,8 +81,8 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means, merge_params,
-                              resolve_device)
+from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means,
+                              merge_params)
 from baselines.anomaly_source import AnomalySource, make_anomaly_source
 from baselines.perlin import perlin_mask
 
@@ -122,7 +123,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "focal_gamma": 2.0,
     "score_filter_size": 21,
     "predict_batch_size": 16,
-    "device": "cpu",  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     "progress": True,
 }
 
@@ -479,9 +479,11 @@ class DRAEM(AnomalyMethod):
             self._build(arch)
             self.recon.apply(_init_weights)
             self.disc.apply(_init_weights)
-        dev = resolve_device(cfg["device"])
+        dev = self.device
         self.recon.to(dev)
         self.disc.to(dev)
+        if isinstance(self.feature_extractor, nn.Module):
+            self.feature_extractor.to(dev)
         params = [
             {"params": self.recon.parameters(), "lr": cfg["lr"]},
             {"params": self.disc.parameters(), "lr": cfg["lr"]},
@@ -534,7 +536,7 @@ class DRAEM(AnomalyMethod):
     def predict(self, test: Split) -> Prediction:
         if self.recon is None:
             raise RuntimeError("DRAEM.predict called before fit/load_state_dict")
-        dev = resolve_device(self.cfg["device"])
+        dev = self.device
         self.recon.to(dev).eval()
         self.disc.to(dev).eval()
         k = int(self.arch.get("score_filter_size", self.cfg["score_filter_size"]))

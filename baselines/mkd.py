@@ -40,6 +40,10 @@ Adapted for the shared backbone and the feature cache:
     * the public code checkpoints every 50 epochs and reports test AUROC every 10; here the last epoch is
       used.
 
+Devices (``method.to(device)``): the student is built on the CPU (same initialisation everywhere), then
+trained and run on ``self.device`` with the images and teacher features there; the shuffles come from a
+CPU generator; the Gaussian filter runs on the CPU (scipy).
+
 Reduced budget (``DEFAULT_PARAMS`` against ``PAPER_PARAMS``): 6 epochs at batch size 8 (public MVTec
 setting: 601 epochs, batch 128 in the shipped config); the architecture, loss, lamda and lr are unchanged.
 """
@@ -55,7 +59,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adbench.protocol import (IMAGENET_MEAN, IMAGENET_STD, AnomalyMethod, Prediction, Split, Tracker,
-                              check_finite_losses, merge_params)
+                              check_finite_losses, merge_params, state_to_cpu)
 
 __all__ = ["MKD", "Student", "distillation_loss", "discrepancy_maps", "DEFAULT_PARAMS", "PAPER_PARAMS"]
 
@@ -196,8 +200,8 @@ def discrepancy_maps(preds: list[torch.Tensor], targets: list[torch.Tensor], lam
 
 def _imagenet_normalise(x01: torch.Tensor) -> torch.Tensor:
     """[0, 1] images -> ImageNet-normalised ones (differentiable, as ``Split.normalized_images``)."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x01.device).view(1, 3, 1, 1)
     return (x01 - mean) / std
 
 
@@ -246,14 +250,16 @@ class MKD(AnomalyMethod):
     def fit(self, train: Split, tracker: Tracker | None = None) -> "MKD":
         p = self.params
         lamda, batch_size, epochs = float(p["lamda"]), int(p["batch_size"]), int(p["epochs"])
-        images = train.normalized_images()
-        targets = [f.float() for f in train.features]
+        dev = self.device
+        images = train.normalized_images().to(dev)
+        targets = [f.float().to(dev) for f in train.features]
         n = len(images)
         self.history = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._build([int(t.shape[1]) for t in targets], list(train.strides))
             assert self.student is not None
+            self.student.to(dev)
             gen = torch.Generator().manual_seed(self.seed)
             optimizer = torch.optim.Adam(self.student.parameters(), lr=float(p["lr"]))
             self.student.train()
@@ -261,7 +267,7 @@ class MKD(AnomalyMethod):
                 perm = torch.randperm(n, generator=gen)
                 total = 0.0
                 for start in range(0, n, batch_size):
-                    idx = perm[start : start + batch_size]
+                    idx = perm[start : start + batch_size].to(dev)
                     loss = distillation_loss(self.student(images[idx]), [t[idx] for t in targets], lamda)
                     optimizer.zero_grad(set_to_none=True)
                     loss.mean().backward()
@@ -286,19 +292,20 @@ class MKD(AnomalyMethod):
         p = self.params
         lamda, chunk, size, sigma = float(p["lamda"]), int(p["eval_batch"]), test.image_size, float(p["gaussian_sigma"])
         mode = p["localization"]
-        self.student.eval()
+        dev = self.device
+        self.student.to(dev).eval()
         scores, maps = [], []
         for start in range(0, len(test), chunk):
             sl = slice(start, start + chunk)
-            targets = [f[sl].float() for f in test.features]
+            targets = [f[sl].float().to(dev) for f in test.features]
             if mode == "discrepancy":
                 with torch.no_grad():
-                    preds = self.student(test.normalized_images(sl))
+                    preds = self.student(test.normalized_images(sl).to(dev))
                     scores.append(distillation_loss(preds, targets, lamda))
-                    batch_maps = discrepancy_maps(preds, targets, lamda, size).numpy()
+                    batch_maps = discrepancy_maps(preds, targets, lamda, size).cpu().numpy()
                 maps.extend(ndimage.gaussian_filter(m, sigma=sigma) for m in batch_maps)
             else:
-                x01 = (test.images[sl].float() / 255.0).requires_grad_(True)
+                x01 = (test.images[sl].float() / 255.0).to(dev).requires_grad_(True)
                 self.student.set_guided(mode == "guided")
                 try:
                     with torch.enable_grad():
@@ -307,18 +314,18 @@ class MKD(AnomalyMethod):
                 finally:
                     self.student.set_guided(False)
                 scores.append(loss.detach())
-                maps.extend(_saliency(g, mode == "guided", sigma) for g in grad.numpy())
-        return Prediction(scores=torch.cat(scores).double().numpy(), maps=np.stack(maps).astype(np.float32))
+                maps.extend(_saliency(g, mode == "guided", sigma) for g in grad.cpu().numpy())
+        return Prediction(scores=torch.cat(scores).double().cpu().numpy(), maps=np.stack(maps).astype(np.float32))
 
     def state_dict(self) -> dict[str, Any]:
         if self.student is None:
             raise RuntimeError("MKD has no state before fit")
-        return {
+        return state_to_cpu({
             "out_channels": list(self.student.out_channels),
             "strides": list(self.student.strides),
             "student": {k: v.detach().clone() for k, v in self.student.state_dict().items()},
             "history": list(self.history),
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._build(list(state["out_channels"]), list(state["strides"]))

@@ -106,13 +106,13 @@ class PatchCore(AnomalyMethod):
                 n = max(1, int(len(emb) * ratio))
                 idx = greedy_k_center(emb, n, gen, projection_dim=self.params["projection_dim"], projection="linear",
                                       start_points=self.params["coreset_start_points"], block=1024, progress=True)
-                self.memory_bank = emb[idx].clone()
+                self.memory_bank = emb[idx.to(emb.device)].clone()
         if tracker is not None:
             tracker.log_metrics({"memory_bank_size": float(len(self.memory_bank))})
         return self
 
     def patch_scores(self, test: Split) -> torch.Tensor:
-        """(N, h, w) distance of every patch to the memory bank."""
+        """(N, h, w) distance of every patch to the memory bank, on ``self.device``."""
         if self.memory_bank is None:
             raise RuntimeError("PatchCore.predict called before fit")
         with torch.no_grad():

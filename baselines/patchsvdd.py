@@ -42,8 +42,9 @@ Adapted
   be even.
 - The public training loop skips the update in its first epoch (it only evaluates); here every epoch
   trains.  The public code evaluates on the test set after every epoch; here only the last model is used.
-- ``device`` (default ``cpu``; ``auto`` picks CUDA) moves training, the embedding and the
-  nearest-neighbour search to a GPU for the paper-sized runs; the stored memory bank is on the CPU.
+- ``method.to(device)`` (the config's top-level ``device`` setting; the ``device`` param of earlier
+  versions is gone) moves training, the embedding and the nearest-neighbour search to a GPU; the networks
+  are initialised and the pairs drawn on the CPU; the memory banks are saved on the CPU.
 - "Same backbone as in our model" (the FOD paper's claim for all baselines).  Patch SVDD has no backbone.
   The param ``encoder`` offers two readings:
 
@@ -78,8 +79,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adbench.neighbours import nearest_distances
-from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means, merge_params,
-                              resolve_device)
+from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means,
+                              merge_params, state_to_cpu)
 
 __all__ = [
     "PatchSVDD",
@@ -111,7 +112,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "combine": "mult",  # mult (published), sum, big, small
     "backbone_stride": 8,
     "predict_batch_size": 16,
-    "device": "cpu",  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     "progress": True,
 }
 
@@ -267,13 +267,12 @@ class PatchSVDD(AnomalyMethod):
         self.banks: dict[str, torch.Tensor] = {}
         self.history: list[float] = []
         self.history_terms: list[dict[str, float]] = []
-        self._dev = torch.device("cpu")
 
     def _to_device(self) -> torch.device:
-        self._dev = resolve_device(self.cfg["device"])
+        """Move the networks to ``self.device``; returns it."""
         for m in self._modules():
-            m.to(self._dev)
-        return self._dev
+            m.to(self.device)
+        return self.device
 
     # ------------------------------------------------------------------------------------ geometry
     def _resolve(self, train: Split) -> dict[str, Any]:
@@ -343,7 +342,7 @@ class PatchSVDD(AnomalyMethod):
         return [self.small, self.hier, self.cls_big, self.cls_small]
 
     def _standardize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.to(self._dev).float() - self.mean.to(self._dev)) / 255.0
+        return (images.to(self.device).float() - self.mean.to(self.device)) / 255.0
 
     # ----------------------------------------------------------------------------- dense embedding
     def _dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,7 +377,7 @@ class PatchSVDD(AnomalyMethod):
             if self.arch["encoder"] == "scratch":
                 inputs = self._standardize(split.images[start : start + bs])
             else:
-                inputs = split.features[self.arch["level"]][start : start + bs].float().to(self._dev)
+                inputs = split.features[self.arch["level"]][start : start + bs].float().to(self.device)
             es, eb = self._grid_embeddings(inputs)
             smalls.append(es)
             bigs.append(eb)
@@ -416,7 +415,7 @@ class PatchSVDD(AnomalyMethod):
             torch.manual_seed(self.seed)
             self._build(arch)
         dev = self._to_device()
-        self.mean = train.images.float().mean(dim=0)  # (3, H, W), in [0, 255]
+        self.mean = train.images.float().mean(dim=0).to(dev)  # (3, H, W), in [0, 255]
         rng = np.random.default_rng([self.seed, 0x5DD])
         if arch["encoder"] == "scratch":
             data = self._standardize(train.images)
@@ -461,14 +460,14 @@ class PatchSVDD(AnomalyMethod):
             e_small, e_big = self._embed_split(train)
         d = arch["dim"]
         self.banks = {
-            "small": e_small.reshape(-1, d).cpu().contiguous(),
-            "big": e_big.reshape(-1, d).cpu().contiguous(),
+            "small": e_small.reshape(-1, d).contiguous(),
+            "big": e_big.reshape(-1, d).contiguous(),
         }
         return self
 
     def _step_losses(self, data: torch.Tensor, idx: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         n = len(idx)
-        dev = self._dev
+        dev = self.device
         big, small = self.arch["patch_sizes"]
         out: dict[str, torch.Tensor] = {}
         if self.arch["encoder"] == "scratch":
@@ -549,7 +548,7 @@ class PatchSVDD(AnomalyMethod):
     def state_dict(self) -> dict[str, Any]:
         if not self.banks:
             raise RuntimeError("PatchSVDD has no state before fit")
-        return {
+        return state_to_cpu({
             "arch": dict(self.arch),
             "modules": {
                 name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
@@ -559,7 +558,7 @@ class PatchSVDD(AnomalyMethod):
             "banks": {k: v.clone() for k, v in self.banks.items()},
             "history": list(self.history),
             "history_terms": [dict(h) for h in self.history_terms],
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._build(state["arch"])

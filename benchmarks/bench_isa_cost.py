@@ -86,13 +86,15 @@ def main() -> None:
                             str(a.weights_dir), str(tmp / setting)], check=True, env=environment(setting))
         for method in a.methods:
             entry = config["methods"][method]
+            params = dict(entry.get("params", {}))
+            if "progress" in params:
+                params["progress"] = False
             runs = {s: [] for s in SETTINGS}
             for _ in range(a.repeats):
                 for setting in SETTINGS:
                     out = subprocess.run(
                         [sys.executable, "-c", CHILD, str(tmp / setting / "train.pt"), str(tmp / setting / "test.pt"),
-                         entry["impl"], json.dumps({**entry.get("params", {}), "progress": False}
-                                                   if "progress" in entry.get("params", {}) else entry.get("params", {}))],
+                         entry["impl"], json.dumps(params)],
                         check=True, capture_output=True, text=True, env=environment(setting))
                     runs[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
             med = {s: statistics.median(r["seconds"] for r in runs[s]) for s in SETTINGS}

@@ -2,6 +2,10 @@
 
 ``FOD(params, seed).fit(train).predict(test)``; the model is in ``fod.model``, the losses in
 ``fod.losses``, the scoring in ``fod.scoring``, the hyper-parameters in ``fod.config``.
+
+Devices (``method.to(device)``): the transformers are built on the CPU (same initialisation everywhere),
+then trained and run on ``self.device``, with the training features, the reference (mean or coreset,
+computed there) and every scoring batch there; shuffles come from a CPU generator.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from adbench.metrics import roc_auc
-from adbench.protocol import AnomalyMethod, NullTracker, Prediction, Split, Tracker, check_finite_losses
+from adbench.protocol import AnomalyMethod, NullTracker, Prediction, Split, Tracker, check_finite_losses, state_to_cpu
 from fod.config import FODConfig, resolve
 from fod.losses import level_losses, reconstruction_error, token_divergence
 from fod.model import FODLevel
@@ -54,14 +58,16 @@ class FOD(AnomalyMethod):
             raise ValueError(f"d_model has {len(cfg.d_model)} entries for {len(train.features)} feature levels")
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
+        dev = self.device
+        train_features = [f.to(dev) for f in train.features]
         shapes, references = [], []
-        for features in train.features:
+        for features in train_features:
             ref = self._reference(features, generator) if cfg.inter else None
             n_reference = len(ref[0]) if ref is not None else 0
             grid = list(features.shape[-2:])
             shapes.append({"channels": features.shape[1], "grid": grid, "n_reference": n_reference})
             references.append(ref)
-        self.levels = build_levels(self.config, shapes)
+        self.levels = build_levels(self.config, shapes).to(dev)
         for level, ref in zip(self.levels, references):
             if ref is not None:
                 level.set_reference(*ref)
@@ -74,7 +80,8 @@ class FOD(AnomalyMethod):
                 totals: dict[str, float] = {}
                 batches = torch.randperm(len(train), generator=generator).split(cfg.batch_size)
                 for step, batch in enumerate(batches, start=1):
-                    parts = training_step(self.levels, optimizer, [f[batch] for f in train.features], cfg)
+                    features = [f[batch.to(dev)] for f in train_features]
+                    parts = training_step(self.levels, optimizer, features, cfg)
                     check_finite_losses("FOD", epoch, parts, step)
                     for key, value in parts.items():
                         totals[key] = totals.get(key, 0.0) + value * len(batch)
@@ -98,12 +105,12 @@ class FOD(AnomalyMethod):
             {"channels": lvl.head.out_features, "grid": list(lvl.grid), "n_reference": _n_reference(lvl)}
             for lvl in self.levels
         ]
-        return {
+        return state_to_cpu({
             "config": self.config.as_dict(),
             "shapes": shapes,
             "weights": self.levels.state_dict(),
             "monitor_best": dict(self.monitor_best),
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.levels = build_levels(self.config, state["shapes"])
@@ -121,22 +128,24 @@ class FOD(AnomalyMethod):
         if self.levels is None:
             raise RuntimeError("FOD has not been fitted")
         cfg = self.config
-        self.levels.eval()
+        dev = self.device
+        self.levels.to(dev).eval()
         size = split.image_size
-        maps = torch.zeros(len(split), size, size)
+        maps = torch.zeros(len(split), size, size, device=dev)
         branch = "inter" if cfg.inter else "intra"
         for level, features in zip(self.levels, split.features):
             length = level.grid[0] * level.grid[1]
             per_batch = max(1, _EVAL_ELEMENTS // (cfg.heads * length * length))
             for index in torch.arange(len(split)).split(per_batch):
-                tokens = feature_tokens(features[index], cfg.pool)
+                tokens = feature_tokens(features[index].to(dev), cfg.pool)
+                index = index.to(dev)
                 out = level(tokens)
                 rec = reconstruction_error(out.recon, tokens, cfg.rec) if cfg.score != "div" else None
                 factor = None
                 if cfg.score != "rec":
                     factor = correlation_factor(token_divergence(getattr(out, branch)), branch, cfg.corr_score)
                 maps[index] += level_map(token_scores(rec, factor), level.grid, size)
-        maps = (maps / len(self.levels)).numpy()
+        maps = (maps / len(self.levels)).cpu().numpy()
         return image_scores(maps), maps
 
     def _monitor(self, split: Split, epoch: int, tracker: Tracker) -> None:

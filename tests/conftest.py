@@ -48,3 +48,15 @@ def embedded_splits(embedded_root, backbone):
         return cache[category]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory) -> Path:
+    """The workflow on config/ci.yaml (``all_tables``) in a scratch folder, once per test session; the
+    workflow, SLURM and regression tests compare against it."""
+    from workflow_runs import snakemake
+
+    work = tmp_path_factory.mktemp("workflow")
+    proc = snakemake(work, "all_tables")
+    assert proc.returncode == 0, proc.output[-4000:]
+    return work

@@ -319,3 +319,44 @@ def test_bad_root_and_arguments(tmp_path):
     with pytest.raises(ValueError):
         list_samples("mvtec_ad", tmp_path, "x", "validation")
     assert set(KINDS) == {"embedded", "mvtec_ad", "btad", "mvtec3d"}
+
+
+def _wide(path: Path, w: int = 24, h: int = 12) -> Path:
+    """A w x h RGB image: left third red, middle green, right third blue."""
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 3, 0] = 255
+    arr[:, w // 3: 2 * w // 3, 1] = 255
+    arr[:, 2 * w // 3:, 2] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["btad", "mvtec3d"])
+def test_authors_preprocessing_crops_btad_and_mvtec3d_to_the_centre(tmp_path, kind):
+    """24 x 12 -> 12 x 12: the shorter side is resized (here kept), then the centre is cropped, so the
+    red and blue thirds are mostly cut off; squashing keeps all three colours instead."""
+    path = _wide(tmp_path / "w.png")
+    crop = load_image(path, 12, kind=kind, preprocess="authors")
+    squash = load_image(path, 12, kind=kind, preprocess="squash")
+    assert crop.shape == squash.shape == (3, 12, 12)
+    assert (crop[1] == 255).mean() > 0.6 and (crop[0] == 255).mean() < 0.2  # mostly the green middle
+    assert (squash[0] == 255).mean() >= 0.25 and (squash[2] == 255).mean() >= 0.25
+    mask = np.zeros((12, 24), np.uint8)
+    mask[:, 20:] = 255  # only in the right-most 4 columns: outside the centre crop
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    assert load_mask(tmp_path / "m.png", 12, kind=kind, preprocess="authors").sum() == 0
+    assert load_mask(tmp_path / "m.png", 12, kind=kind, preprocess="squash").sum() == 12 * 2
+
+
+def test_authors_preprocessing_resizes_mvtec_with_lanczos(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    authors = load_image(path, 12, kind="mvtec_ad", preprocess="authors")
+    with Image.open(path) as img:
+        expected = np.asarray(img.convert("RGB").resize((12, 12), Image.LANCZOS)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(authors, expected)
+    assert not np.array_equal(authors, load_image(path, 12, kind="mvtec_ad", preprocess="squash"))
+    with pytest.raises(ValueError, match="backbone.preprocess = 'crop'"):
+        load_image(path, 12, preprocess="crop")

@@ -18,40 +18,10 @@ import pytest
 
 from adbench.determinism import ISA_VARIABLES
 from adbench.regression import compare
+from workflow_runs import ROOT, snakemake, snakemake_command, table_texts
 
-ROOT = Path(__file__).resolve().parent.parent
 METRICS = {
     "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
-
-
-def snakemake_command(workdir: Path, *args: str, ci: bool = True, configs: tuple[Path, ...] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2"]
-    cmd += list(args)  # targets before --configfile, which takes every following word as a file
-    files = ([ROOT / "config" / "ci.yaml"] if ci else []) + list(configs)
-    if files:
-        cmd += ["--configfile", *map(str, files)]
-    return cmd
-
-
-def snakemake(workdir: Path, *args: str, ci: bool = True, configs: tuple[Path, ...] = (),
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(snakemake_command(workdir, *args, ci=ci, configs=configs), capture_output=True,
-                          text=True, cwd=workdir, env=env)
-    proc.output = proc.stdout + proc.stderr  # Snakemake prints errors to either
-    return proc
-
-
-def table_texts(work: Path) -> dict[str, str]:
-    """Every table file the run wrote, as text (the values at their printed precision)."""
-    return {p.name: p.read_text() for p in sorted((work / "results" / "tables").iterdir())}
-
-
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("workflow")
-    proc = snakemake(work, "all_tables")
-    assert proc.returncode == 0, proc.output[-4000:]
-    return work
 
 
 def test_all_tables_writes_table2_with_every_category(ci_run):
@@ -281,5 +251,41 @@ def test_bad_config_fails_at_once_with_the_fix(tmp_path):
     assert proc.returncode != 0 and "run.methods names 'nosuch'" in proc.output
     paper = tmp_path / "b6.yaml"
     paper.write_text("backbone: {name: tf_efficientnet_b6}\n")
-    proc = snakemake(tmp_path, "-n", "all_tables", "--configfile", str(paper), ci=False)
+    proc = snakemake(tmp_path, "all_tables", "--configfile", str(paper), ci=False)  # a real run: stops at once
     assert proc.returncode != 0 and "tf_efficientnet_b6.safetensors" in proc.output
+    assert not (tmp_path / "results" / "data").exists()
+    plan = snakemake(tmp_path, "-n", "all_tables", "--configfile", str(paper), ci=False)  # a dry run: warns
+    assert plan.returncode == 0 and "dry run only, a real run stops here" in plan.output
+    assert "tf_efficientnet_b6.safetensors" in plan.output
+
+
+def test_the_paper_profile_dry_runs_without_its_data_or_weights(tmp_path):
+    """All 364 fit jobs (28 categories x 13 methods) are listed; the missing data and b6 weights are named."""
+    proc = snakemake(tmp_path, "-n", "all_tables", "--configfile", str(ROOT / "config" / "paper.yaml"), ci=False)
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert re.search(r"^fit_evaluate\s+364$", proc.stdout, flags=re.M), proc.stdout[-3000:]
+    for dataset in ("mvtec3d",):  # no url: cannot be downloaded
+        assert f"datasets.{dataset}: categories" in proc.output
+    assert "download_dataset" in proc.stdout  # mvtec_ad and btad have urls
+
+
+def test_data_root_replaces_the_roots_and_names_what_is_missing(tmp_path):
+    """data_root holds the datasets on disk: nothing is downloaded; categories it lacks stop the run at
+    once, naming them and the folder looked in."""
+    from adbench.embedded import EmbeddedConfig, generate_category
+
+    generate_category(tmp_path / "disk" / "mvtec_ad", "brick", EmbeddedConfig(seed=0, size=64, n_train=2,
+                                                                              n_test_good=1, n_test_anomalous=1))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_root: {tmp_path / 'disk'}\n"
+                   "datasets: {mvtec_ad: {kind: mvtec_ad, root: nowhere, categories: [brick, coins], url: http://127.0.0.1:9/x.tar}}\n"
+                   "run: {datasets: [mvtec_ad], methods: [patchcore]}\n"
+                   "tables: {table2: {dataset: mvtec_ad, methods: [patchcore]}, table4: {datasets: [mvtec_ad], methods: [patchcore]}}\n")
+    proc = snakemake(tmp_path, "all_tables", "--configfile", str(cfg), ci=False)
+    assert proc.returncode != 0
+    assert f"datasets.mvtec_ad: categories ['coins'] not found under {tmp_path / 'disk' / 'mvtec_ad'}" in proc.output
+    only_brick = tmp_path / "brick.yaml"
+    only_brick.write_text("datasets: {mvtec_ad: {categories: [brick]}}\n")
+    plan = snakemake(tmp_path, "-n", "all_tables", "--configfile", str(cfg), str(only_brick), ci=False)
+    assert plan.returncode == 0, plan.output[-2000:]
+    assert "download_dataset" not in plan.stdout and "prepare_category" in plan.stdout

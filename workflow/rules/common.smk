@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from adbench.determinism import pin_cpu_isa
@@ -18,6 +19,7 @@ RESULTS = config["results"]
 BACKBONE = config["backbone"]["name"]
 SIZE = config["backbone"]["image_size"]
 FEATURE_TAG = f"{BACKBONE}_{SIZE}"
+DATA_ROOT = config.get("data_root")
 
 
 def _check_config():
@@ -42,15 +44,41 @@ def _check_config():
         for m in methods:
             if m not in config["run"]["methods"]:
                 raise ValueError(f"{key} uses method '{m}', which is not in run.methods")
-    # A backbone without local weights stops the run now, not after an hour of data preparation.
-    from adbench.backbone import weights_file
+    # Missing data or backbone weights stop a run now, not after an hour of data preparation; a dry run
+    # only warns, so that it can list the whole DAG of a profile whose data is not here (config/paper.yaml).
+    from adbench.backbone import BackboneWeightsMissing, weights_file
 
-    weights_file(BACKBONE, Path(config["backbone"]["weights_dir"]))
+    problems = _missing_data()
+    try:
+        weights_file(BACKBONE, Path(config["backbone"]["weights_dir"]))
+    except BackboneWeightsMissing as err:
+        problems.append(str(err))
+    if problems and not workflow.output_settings.dryrun:
+        raise ValueError("\n".join(problems))
+    for problem in problems:
+        logger.warning(f"dry run only, a real run stops here: {problem}")
     return resolved
 
 
-# The resolved params (defaults merged in) of every method the run trains: what a run's config hash covers.
-METHOD_PARAMS = _check_config()
+def _missing_data():
+    """One message per real dataset whose listed categories are not on disk and cannot be downloaded."""
+    problems = []
+    for ds in config["run"]["datasets"]:
+        if dataset_kind(ds) == "embedded":
+            continue
+        root = Path(dataset_root(ds))
+        missing = [c for c in config["datasets"][ds]["categories"] if not (root / c / "train").is_dir()]
+        if missing and not may_download(ds):
+            where = "data_root" if DATA_ROOT else f"datasets.{ds}.root"
+            fix = (f"put them there, point {where} at a folder holding them, or remove them from "
+                   f"datasets.{ds}.categories")
+            if not DATA_ROOT:
+                fix += f" (or set datasets.{ds}.url to download the dataset)"
+            problems.append(f"datasets.{ds}: categories {missing} not found under {root} (looked for "
+                            f"{root}/<category>/train; {where} = {root if not DATA_ROOT else DATA_ROOT}): {fix}")
+    return problems
+
+
 
 
 def cell_config(dataset, method, seed):
@@ -62,11 +90,25 @@ def dataset_kind(dataset):
     return config["datasets"][dataset]["kind"]
 
 
+def dataset_root(dataset):
+    """A dataset's folder: ``<data_root>/<dataset>`` for real datasets when ``data_root`` is set, else its
+    ``root``."""
+    if DATA_ROOT and dataset_kind(dataset) != "embedded":
+        return f"{DATA_ROOT}/{dataset}"
+    return config["datasets"][dataset]["root"]
+
+
+def may_download(dataset):
+    """Only datasets with a ``url`` are downloaded, and never when ``data_root`` says they are on disk."""
+    return bool(config["datasets"][dataset].get("url")) and not DATA_ROOT
+
+
 def dataset_source(dataset):
     """Where a dataset's images are and how they are laid out: what the data and feature rules read (its
     category list is left out, so adding a category reruns nothing for the others)."""
     entry = config["datasets"][dataset]
-    return {"name": dataset, "kind": entry["kind"], "root": entry["root"], "url": entry.get("url")}
+    url = entry.get("url") if may_download(dataset) else None
+    return {"name": dataset, "kind": entry["kind"], "root": dataset_root(dataset), "url": url}
 
 
 def data_ready(wildcards):
@@ -77,8 +119,8 @@ def data_ready(wildcards):
 
 def download_marker(wildcards):
     """The dataset's download, for a category not on disk yet when the dataset has a ``url``."""
-    entry = config["datasets"][wildcards.dataset]
-    if entry.get("url") and not (Path(entry["root"]) / wildcards.category / "train").is_dir():
+    if may_download(wildcards.dataset) and not (Path(dataset_root(wildcards.dataset)) / wildcards.category
+                                                / "train").is_dir():
         return [f"{RESULTS}/downloads/{wildcards.dataset}.done"]
     return []
 
@@ -155,6 +197,10 @@ def all_tables_inputs():
         for c in config["datasets"][ds]["categories"]
     ]
     return outputs
+
+
+# The resolved params (defaults merged in) of every method the run trains: what a run's config hash covers.
+METHOD_PARAMS = _check_config()
 
 
 wildcard_constraints:

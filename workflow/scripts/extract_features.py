@@ -3,4 +3,5 @@ from adbench.jobs import extract_features, job_context
 w, params = snakemake.wildcards, snakemake.params
 with job_context(snakemake.log[0], snakemake.threads):
     extract_features(dict(params.source), w.category, w.split, w.backbone, int(w.size), params.weights_dir,
-                     params.batch_size, snakemake.output[0])
+                     params.batch_size, snakemake.output[0], device=params.device,
+                     preprocess=params.preprocess)

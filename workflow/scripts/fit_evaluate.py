@@ -6,5 +6,5 @@ from adbench.jobs import job_context
 inp, out, params = snakemake.input, snakemake.output, snakemake.params
 with job_context(snakemake.log[0], snakemake.threads):
     fit_run(dict(params.run), snakemake.wildcards.category, inp.train, out.model, out.run, inp.test,
-            params.weights_dir)
-    evaluate_run(inp.test, out.model, out.run, Path(out.metrics).parent)
+            params.weights_dir, device=params.device)
+    evaluate_run(inp.test, out.model, out.run, Path(out.metrics).parent, device=params.device)

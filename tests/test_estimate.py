@@ -1,0 +1,43 @@
+"""make estimate: the paper profile's compute hours and disk from a per-epoch benchmark."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adbench.estimate import ROOT, cache_bytes_per_image, estimate, load_config, main
+
+
+def _bench(seconds_per_epoch: float) -> dict:
+    methods = {impl: {"seconds_per_epoch": seconds_per_epoch, "predict_seconds": 2.0}
+               for impl in ("patchcore", "cflow", "mkd", "draem", "patchsvdd", "fod")}
+    return {"device_name": "test", "settings": {"n_train": 10, "n_test": 4, "size": 256}, "methods": methods,
+            "extraction": {"backbone": "tf_efficientnet_b6", "seconds_per_image": 0.5}}
+
+
+def test_the_paper_profile_in_jobs_hours_and_disk():
+    config = load_config(ROOT / "config" / "paper.yaml")
+    result = estimate(config, {"cpu": _bench(1.0)})
+    assert result["fit_evaluate_jobs"] == 28 * 13  # 15 + 3 + 10 categories, 13 method entries, 1 seed
+    assert result["images"] == (3629 + 1725) + (1799 + 741) + (2656 + 1197)
+    hours = result["hours"]["cpu"]
+    # FOD: 100 epochs x 0.1 s per training image (1 s per epoch of 10) + 0.5 s per test image
+    train = 3629 + 1799 + 2656
+    test = 1725 + 741 + 1197
+    assert hours["fod"] == pytest.approx((100 * 0.1 * train + 0.5 * test) / 3600)
+    assert hours["draem"] == pytest.approx((700 * 0.1 * train + 0.5 * test) / 3600)
+    assert hours["cflow"] == pytest.approx((25 * 8 * 0.1 * train + 0.5 * test) / 3600)
+    assert hours["(feature extraction)"] == pytest.approx(result["images"] * 0.5 / 3600)
+    assert hours["total"] == pytest.approx(sum(v for k, v in hours.items() if k != "total"))
+    # b6 at 256 px: 72 x 32^2 + 200 x 16^2 float32 per image, plus the image and the mask
+    assert cache_bytes_per_image("tf_efficientnet_b6", 256) == (72 * 1024 + 200 * 256) * 4 + 256 * 256 * 4
+    assert result["disk_gb"]["feature_cache"] == pytest.approx(result["images"] * 761856 / 1e9)
+
+
+def test_a_device_without_a_benchmark_is_reported_not_guessed(tmp_path, capsys):
+    bench = tmp_path / "cpu.json"
+    bench.write_text(json.dumps(_bench(1.0)))
+    assert main(["--benchmark", f"cpu={bench}", "--out", str(tmp_path / "e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "364 fit_evaluate jobs" in printed and "cuda: not measured" in printed
+    assert set(json.loads((tmp_path / "e.json").read_text())["hours"]) == {"cpu"}
