@@ -28,7 +28,9 @@ from synthetic import pooled_colour as fake_extractor  # images in [0, 1] -> the
 make_split = partial(_make_split, features=lambda split: fake_extractor(split.images.float() / 255))
 
 
-FIT_PARAMS = {"epochs": 20, "resolution": None, "lr": 1e-3, "progress": False}
+# batch 4: 120 optimiser steps for the compute of 20 epochs. At batch 8 (60 steps) seed 0 (AVX-512) and seed 2
+# (AVX2) had not learned yet: image AUROC 0.59, pixel 0.67-0.70 (benchmarks/learning_margins.py).
+FIT_PARAMS = {"epochs": 20, "batch_size": 4, "resolution": None, "lr": 1e-3, "progress": False}
 TINY = {"epochs": 1, "resolution": 32, "progress": False}
 
 
@@ -214,6 +216,7 @@ def test_anomalies_score_higher_than_normals(fitted, splits):
     _, pred, _, _ = fitted
     test = splits[1]
     normal, anomalous = pred.scores[test.labels == 0], pred.scores[test.labels == 1]
+    # min over seeds 0-4 x {AVX2, AVX-512}: mean gap 0.08, image AUROC 1.0, pixel 0.99 (benchmarks/learning_margins.py)
     assert anomalous.mean() > normal.mean()
     assert roc_auc(test.labels, pred.scores) >= 0.8
     assert roc_auc(test.masks.numpy().ravel(), pred.maps.ravel()) >= 0.8

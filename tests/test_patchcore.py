@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adbench.embedded import DEFECT_KIND
 from adbench.metrics import roc_auc
 from adbench.protocol import Split
 from baselines.patchcore import PatchCore, patch_embeddings
@@ -51,7 +52,14 @@ def test_coreset_stays_within_001_of_exact_search(seed):
     exact = roc_auc(test.labels, PatchCore({"coreset_ratio": 1.0, **dims}).fit(train).predict(test).scores)
     approx = roc_auc(test.labels, PatchCore({"coreset_ratio": 0.1, **dims}).fit(train).predict(test).scores)
     assert 0.95 < exact < 1.0  # hard enough that the bank's coverage matters
+    # coreset seeds 0-4, AVX2 and AVX-512 alike: at most 0.0097 (random 10% subsets: 0.015-0.053), so the bound
+    # stays (benchmarks/learning_margins.py)
     assert abs(exact - approx) <= 0.01
+
+
+def local_defects(test: Split) -> np.ndarray:
+    """Which test images are normal or carry a local defect (not the subtle global colour change)."""
+    return np.array([t == "good" or DEFECT_KIND[t] == "local" for t in test.defect_types])
 
 
 def test_scores_maps_determinism_and_round_trip(embedded_splits, tmp_path):
@@ -60,7 +68,10 @@ def test_scores_maps_determinism_and_round_trip(embedded_splits, tmp_path):
     pa = a.predict(test)
     assert pa.maps.shape == (len(test), test.image_size, test.image_size)
     assert np.isfinite(pa.maps).all() and (pa.scores >= 0).all()
-    assert roc_auc(test.labels, pa.scores) > 0.8  # the texture category's local defects are easy
+    # the texture category's local defects are easy: min over coreset seeds 0-4 x {AVX2, AVX-512} 0.94; with the
+    # colour defects too it is 0.84 (benchmarks/learning_margins.py)
+    local = local_defects(test)
+    assert roc_auc(test.labels[local], pa.scores[local]) > 0.85
     pb = PatchCore({}, seed=0).fit(train).predict(test)
     np.testing.assert_array_equal(pa.scores, pb.scores)
     a.save(tmp_path / "m.pt")
