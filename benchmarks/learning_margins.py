@@ -107,15 +107,21 @@ class Context:
         return self._embedded[category]
 
 
-def case_cflow(seed, ctx):
-    from test_cflow import FAST
+def _synthetic_case(name: str, module: str, cls: str, seed: int) -> dict[str, float]:
+    """CFLOW's and MKD's test case: the test module's FAST params on its synthetic splits."""
+    import importlib
 
-    from baselines.cflow import CFlow
     from synthetic import synthetic_split
 
+    params = importlib.import_module(f"test_{name}").FAST
+    method = getattr(importlib.import_module(module), cls)
     train, test = synthetic_split(24, 0, seed=0), synthetic_split(8, 8, seed=1)
-    pred = CFlow(FAST, seed=seed).fit(train).predict(test)
-    return {"cflow.image": _auroc(test.labels, pred.scores), "cflow.pixel": _pixel(test, pred)}
+    pred = method(params, seed=seed).fit(train).predict(test)
+    return {f"{name}.image": _auroc(test.labels, pred.scores), f"{name}.pixel": _pixel(test, pred)}
+
+
+def case_cflow(seed, ctx):
+    return _synthetic_case("cflow", "baselines.cflow", "CFlow", seed)
 
 
 def case_draem(seed, ctx):
@@ -139,14 +145,7 @@ def case_fod(seed, ctx):
 
 
 def case_mkd(seed, ctx):
-    from test_mkd import FAST
-
-    from baselines.mkd import MKD
-    from synthetic import synthetic_split
-
-    train, test = synthetic_split(24, 0, seed=0), synthetic_split(8, 8, seed=1)
-    pred = MKD(FAST, seed=seed).fit(train).predict(test)
-    return {"mkd.image": _auroc(test.labels, pred.scores), "mkd.pixel": _pixel(test, pred)}
+    return _synthetic_case("mkd", "baselines.mkd", "MKD", seed)
 
 
 def case_patchsvdd(seed, ctx):
