@@ -235,6 +235,7 @@ OTHER_BUDGETS = {
     "draem_brick": ("draem", {"epochs": 4, "progress": False}, "brick"),
     "draem_brick_12x4": ("draem", {"epochs": 12, "batch_size": 4, "progress": False}, "brick"),
     "fod_coins_lr1e-3": ("fod", {**_FOD, "epochs": 2, "lr": 1e-3}, "coins"),
+    "fod_coins_lr1e-3_3ep": ("fod", {**_FOD, "epochs": 3, "lr": 1e-3}, "coins"),
     "fod_coins_lr1e-3_4ep": ("fod", {**_FOD, "epochs": 4, "lr": 1e-3}, "coins"),
     "fod_brick": ("fod", {**_FOD, "epochs": 2}, "brick"),
     "fod_brick_lr1e-3": ("fod", {**_FOD, "epochs": 2, "lr": 1e-3}, "brick"),

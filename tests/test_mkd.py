@@ -56,7 +56,7 @@ def test_training_loss_decreases_and_is_tracked(fitted):
 def test_anomalies_score_higher(data, fitted):
     _, test = data
     _, pred, _ = fitted
-    # seeds 3-5 give image AUROC 1.0 and pixel AUROC 0.89-0.92 here; the bounds leave room for numerics
+    # min over seeds 0-4 x {AVX2, AVX-512}: image AUROC 1.0, pixel 0.87 (benchmarks/learning_margins.py)
     assert metrics.roc_auc(test.labels, pred.scores) >= 0.9
     assert metrics.roc_auc(test.masks.numpy().ravel(), pred.maps.ravel()) >= 0.75
 
