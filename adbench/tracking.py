@@ -1,4 +1,4 @@
-"""MLflow logging of the workflow's runs, one category at a time.
+"""MLflow logging of the workflow's runs, one category at a time, and one parent run per ``all_tables``.
 
 ``fit`` and ``evaluate`` write everything to files in the run folder (``run.json`` with the params and
 the per-epoch training losses, ``metrics.json``, ``map_*.png``); the ``track_category`` rule then logs
@@ -8,12 +8,24 @@ concurrent writers is avoided by an exclusive ``fcntl`` lock held while opening 
 and experiment creation included) and logging; a store call that still meets a locked database (a reader
 such as ``mlflow ui`` holding it past SQLite's busy timeout) is retried with a bounded backoff.
 
-Each MLflow run carries the tags ``run_key`` (``<dataset>/<category>/<method>/seed<k>``) and
-``metrics_sha`` (SHA-256 of its metrics.json): logging the same files twice reuses the run, while a rerun
-that changed the numbers gets a new MLflow run, so history is kept.  Only a FINISHED run counts as logged,
-and a run is marked FINISHED last, after its metrics, params and artifacts: a run that a killed process
-left RUNNING is marked KILLED by the next ``log_runs`` (which holds the lock, so no live writer owns it) and
-logged again, and an error while logging marks the run FAILED before it propagates.
+Cell runs (``log_runs``, one per run folder) carry the tags the MLflow UI filters and compares by:
+``kind`` = ``cell``, ``run_key`` (``<dataset>/<category>/<method>/seed<k>``), ``dataset``, ``category``,
+``method``, ``impl``, ``variant`` (FOD's ``params.variant``, ``-`` for other methods), ``seed``,
+``config_hash``, ``git_commit``, ``metrics_sha`` (SHA-256 of metrics.json), ``run_dir`` and ``current``.
+Logging the same files twice reuses the run, while a rerun that changed the numbers gets a new MLflow run,
+so history is kept; of the runs of one ``run_key``, the one logged or reused last is ``current=true`` and
+every other is ``current=false`` with ``superseded_by=<run id>``.  In the UI, ``tags.current = 'true'``
+shows the latest numbers of every cell (and the latest parent run of each name, its cells nested under it).
+
+Crash safety.  Only a FINISHED run counts as logged, and a run is marked FINISHED after its metrics,
+params and artifacts: a run that a killed process left RUNNING is marked KILLED by the next call (which
+holds the lock, so no live writer owns it) and logged again, and an error while logging marks the run FAILED
+before it propagates.  ``current`` moves only after FINISHED, in this order: the new run is marked current,
+then the others un-marked; a crash in between leaves two current runs of a cell (never none), which the
+next ``log_runs`` of that cell repairs, since it reuses the FINISHED run and finishes the move.
+
+``log_parent`` logs one parent run per ``all_tables`` execution (tables and figures as artifacts) and
+nests the cell runs it was made from under it (their ``mlflow.parentRunId`` tag), with the same discipline.
 """
 from __future__ import annotations
 
@@ -23,11 +35,13 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, TypeVar
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -170,61 +184,109 @@ def _search_all(client: Any, exp_id: str, query: str) -> list[Any]:
             return runs
 
 
-def _end_interrupted(client: Any, exp_id: str, key: str) -> list[str]:
-    """Mark KILLED the runs of ``key`` still RUNNING: a ``log_runs`` killed while logging them left them so
-    (a live one cannot exist, since the caller holds the store's lock).  Returns their ids."""
-    stale = _search_all(client, exp_id, f"tags.run_key = '{key}' and attributes.status = 'RUNNING'")
-    for run in stale:
-        _retry(client.set_tag, run.info.run_id, "mlflow.note.content",
-               "Interrupted while being logged (incomplete); logged again as a new run.")
-        _retry(client.set_terminated, run.info.run_id, status="KILLED")
-    return [run.info.run_id for run in stale]
+def _series(client: Any, exp_id: str, query: str) -> list[Any]:
+    """Every run matching ``query`` (one cell's runs, or one name's parent runs).  Those still RUNNING are
+    marked KILLED: a call killed while logging them left them so (a live writer cannot exist, since the
+    caller holds the store's lock); the returned entries keep the status they were found with."""
+    runs = _search_all(client, exp_id, query)
+    for run in runs:
+        if run.info.status == "RUNNING":
+            _retry(client.set_tag, run.info.run_id, "mlflow.note.content",
+                   "Interrupted while being logged (incomplete); logged again as a new run.")
+            _retry(client.set_terminated, run.info.run_id, status="KILLED")
+    return runs
+
+
+@contextmanager
+def _finishing(client: Any, run_id: str) -> Iterator[None]:
+    """Mark ``run_id`` FINISHED after the body has logged everything (FINISHED means complete), or FAILED
+    (KILLED on Ctrl-C) when the body raises, before the error propagates."""
+    try:
+        yield
+        _retry(client.set_terminated, run_id, status="FINISHED")
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        try:
+            _retry(client.set_terminated, run_id, status=status)
+        except Exception as mark_err:  # keep the original error; the next call ignores this run anyway
+            err.add_note(f"(marking MLflow run {run_id} {status} also failed: {mark_err!r})")
+        raise
+
+
+def _make_current(client: Any, run_id: str, series: list[Any]) -> None:
+    """Tag the FINISHED run ``run_id`` ``current=true``, then every other run of ``series`` (the runs of
+    its cell, or the parent runs of its name, as found before) ``current=false`` + ``superseded_by=run_id``,
+    writing only what differs.  In this order a crash in between leaves two current runs, never none, and
+    the next call (which reuses ``run_id``) finishes the move."""
+    from mlflow.entities import RunTag
+
+    tags = next((run.data.tags for run in series if run.info.run_id == run_id), {})
+    if tags.get("current") != "true":
+        _retry(client.set_tag, run_id, "current", "true")
+    if "superseded_by" in tags:  # current again (e.g. a rerun back to its numbers)
+        _retry(client.delete_tag, run_id, "superseded_by")
+    for run in series:
+        if run.info.run_id != run_id and run.data.tags.get("current") != "false":
+            _retry(client.log_batch, run.info.run_id,
+                   tags=[RunTag("current", "false"), RunTag("superseded_by", run_id)])
+
+
+def _cell_tags(folder: Path, identity: dict[str, Any], metrics: dict[str, Any], sha: str) -> dict[str, str]:
+    """The tags of a cell run, from its run.json (``identity``) and metrics.json (``metrics``)."""
+    variant = (identity.get("params") or {}).get("variant", "-")
+    return {
+        "kind": "cell",
+        "run_key": f"{identity['dataset']}/{identity['category']}/{identity['method']}/seed{identity['seed']}",
+        **{k: str(identity[k]) for k in ("dataset", "category", "method", "seed", "config_hash")},
+        "impl": str(identity.get("impl", identity["method"])),
+        "variant": str(variant),
+        "git_commit": str(metrics.get("git_commit", identity.get("git_commit", "unknown"))),
+        "metrics_sha": sha,
+        "run_dir": str(folder),
+    }
 
 
 def _log_run(client: Any, exp_id: str, folder: Path) -> tuple[str, str]:
-    """Log one run folder unless a FINISHED run with the same key and metrics exists; ``(run_key, run_id)``."""
+    """Log one run folder unless a FINISHED run with the same key and metrics exists, and make that run its
+    cell's current one; ``(run_key, run_id)``."""
     from mlflow.entities import Metric, Param, RunTag
 
     identity = json.loads((folder / "run.json").read_text())
     metrics_bytes = (folder / "metrics.json").read_bytes()
     metrics = json.loads(metrics_bytes)
-    key = f"{identity['dataset']}/{identity['category']}/{identity['method']}/seed{identity['seed']}"
-    sha = hashlib.sha256(metrics_bytes).hexdigest()
-    _end_interrupted(client, exp_id, key)
-    found = _retry(client.search_runs, [exp_id], f"tags.run_key = '{key}' and tags.metrics_sha = '{sha}' "
-                   "and attributes.status = 'FINISHED'", max_results=1)
-    if found:
-        return key, found[0].info.run_id
-    run = _retry(client.create_run, exp_id, run_name=key, tags={"run_key": key, "metrics_sha": sha,
-                                                                  "run_dir": str(folder)})
-    run_id = run.info.run_id
-    try:
-        params = {k: v for k, v in identity.items() if k != "history"}
-        numbers = [Metric(k, float(v), 0, 0) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        curves = [Metric(name, value, 0, step or 0) for step, values in identity.get("history", [])
-                  for name, value in values.items()]
-        _retry(client.log_batch, run_id, metrics=numbers + curves,
-               params=[Param(k, v) for k, v in _flat(params).items()],
-               tags=[RunTag("config_hash", str(identity["config_hash"]))])
-        _retry(client.log_artifact, run_id, str(folder / "metrics.json"))
-        for png in sorted(folder.glob("map_*.png")):
-            _retry(client.log_artifact, run_id, str(png), artifact_path="maps")
-        _retry(client.set_terminated, run_id, status="FINISHED")  # last: FINISHED means complete
-    except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        try:
-            _retry(client.set_terminated, run_id, status=status)
-        except Exception as mark_err:  # keep the original error; the next log_runs ignores this run anyway
-            err.add_note(f"(marking MLflow run {run_id} {status} also failed: {mark_err!r})")
-        raise
+    tags = _cell_tags(folder, identity, metrics, hashlib.sha256(metrics_bytes).hexdigest())
+    key = tags["run_key"]
+    series = _series(client, exp_id, f"tags.run_key = '{key}'")
+    same = [run for run in series
+            if run.info.status == "FINISHED" and run.data.tags.get("metrics_sha") == tags["metrics_sha"]]
+    if same:
+        run = max(same, key=lambda r: (r.data.tags.get("current") == "true", r.info.start_time))
+        run_id = run.info.run_id
+        missing = [RunTag(k, v) for k, v in tags.items() if k not in run.data.tags]  # logged by an older version
+        if missing:
+            _retry(client.log_batch, run_id, tags=missing)
+    else:
+        run_id = _retry(client.create_run, exp_id, run_name=key, tags={**tags, "current": "false"}).info.run_id
+        with _finishing(client, run_id):
+            params = {k: v for k, v in identity.items() if k != "history"}
+            numbers = [Metric(k, float(v), 0, 0) for k, v in metrics.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            curves = [Metric(name, value, 0, step or 0) for step, values in identity.get("history", [])
+                      for name, value in values.items()]
+            _retry(client.log_batch, run_id, metrics=numbers + curves,
+                   params=[Param(k, v) for k, v in _flat(params).items()])
+            _retry(client.log_artifact, run_id, str(folder / "metrics.json"))
+            for png in sorted(folder.glob("map_*.png")):
+                _retry(client.log_artifact, run_id, str(png), artifact_path="maps")
+    _make_current(client, run_id, series)
     return key, run_id
 
 
 def log_runs(run_dirs: list[Path], tracking_uri: str, experiment: str) -> dict[str, str]:
     """Log each run folder (``run.json`` + ``metrics.json`` + ``map_*.png``) as one MLflow run.
 
-    Returns ``{run_key: mlflow_run_id}``: the FINISHED run with these exact metrics, logged now or before.
+    Returns ``{run_key: mlflow_run_id}``: the FINISHED run with these exact metrics, logged now or before,
+    now its cell's ``current`` run.
     """
     ids = {}
     with _store(tracking_uri) as client:
@@ -233,3 +295,125 @@ def log_runs(run_dirs: list[Path], tracking_uri: str, experiment: str) -> dict[s
             key, run_id = _log_run(client, exp_id, folder)
             ids[key] = run_id
     return ids
+
+
+CELL_LIST = "cell_runs.json"  # the parent run's artifact {run_key: run_id}: which cells it was made from
+PARENT_TAGS = {"kind", "current", "superseded_by", "artifacts_sha", "cells_sha"}  # set by log_parent
+
+
+def _artifact_files(artifacts: dict[str, str | Path]) -> dict[str, Path]:
+    """``{artifact path: local file}`` from ``log_parent``'s ``artifacts``: a folder is expanded to every
+    file below it, at ``<artifact path>/<its path below the folder>``."""
+    files: dict[str, Path] = {}
+    for name, local in artifacts.items():
+        where = PurePosixPath(name)
+        if where.is_absolute() or not where.parts or ".." in where.parts:
+            raise ValueError(f"log_parent: artifact path {name!r} (for {local}) must be a relative path inside "
+                             "the run, without '..', e.g. 'tables/table2.csv' or 'figures'")
+        local = Path(local)
+        if local.is_dir():
+            found = {str(where / f.relative_to(local).as_posix()): f for f in sorted(local.rglob("*")) if f.is_file()}
+        elif local.is_file():
+            found = {str(where): local}
+        else:
+            raise FileNotFoundError(f"log_parent: artifact {name!r}: {local} does not exist; write it first, or "
+                                    "leave it out of artifacts")
+        twice = sorted(files.keys() & found.keys() | found.keys() & {CELL_LIST})
+        if twice:
+            raise ValueError(f"log_parent: artifact paths {twice} given twice (again from {local}; "
+                             f"{CELL_LIST} is log_parent's own): give each file one artifact path")
+        files.update(found)
+    return files
+
+
+def _files_sha(files: dict[str, Path]) -> str:
+    """SHA-256 over the sorted (artifact path, SHA-256 of the file's bytes) pairs."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\t{hashlib.sha256(files[name].read_bytes()).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def _cell_runs(client: Any, exp_id: str, cell_run_ids: dict[str, str]) -> list[Any]:
+    """The runs of ``cell_run_ids``, each checked to be a FINISHED cell run of its key in experiment
+    ``exp_id``."""
+    from mlflow.exceptions import MlflowException
+
+    runs = []
+    for key, run_id in sorted(cell_run_ids.items()):
+        try:
+            run = _retry(client.get_run, run_id)
+        except MlflowException as err:
+            raise ValueError(f"log_parent: cell {key!r}: no MLflow run {run_id!r} ({err.error_code}); pass the "
+                             "ids that log_runs returned (the categories' mlflow.json)") from None
+        found = (run.info.experiment_id, run.data.tags.get("run_key"), run.info.status)
+        if found != (exp_id, key, "FINISHED"):
+            raise ValueError(f"log_parent: cell {key!r}: MLflow run {run_id} has (experiment id, run_key, status) "
+                             f"= {found}, expected {(exp_id, key, 'FINISHED')}; pass the ids that log_runs "
+                             "returned for this experiment (the categories' mlflow.json)")
+        runs.append(run)
+    return runs
+
+
+def _nest(client: Any, parent_id: str, cells: list[Any]) -> None:
+    """Set ``mlflow.parentRunId`` (the tag the MLflow UI nests runs by) on every cell run not yet under
+    ``parent_id``; a cell has one parent, so one reused by a later parent moves under that one."""
+    for run in cells:
+        if run.data.tags.get("mlflow.parentRunId") != parent_id:
+            _retry(client.set_tag, run.info.run_id, "mlflow.parentRunId", parent_id)
+
+
+def log_parent(tracking_uri: str, experiment: str, cell_run_ids: dict[str, str],
+               artifacts: dict[str, str | Path], name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    """Log one ``all_tables`` execution as a parent run with every cell run nested under it; its run id.
+
+    ``cell_run_ids``: ``{run_key: run_id}`` as ``log_runs`` returned it (the union of the categories'
+    ``mlflow.json``); each must be a FINISHED cell run of that key in ``experiment``.
+    ``artifacts``: ``{artifact path: local file or folder}``; a file is logged at its artifact path
+    (``{"tables/table2.csv": results/tables/table2.csv}``), a folder's files at the artifact path joined
+    with their path below the folder (``{"figures": results/figures}`` gives ``figures/heatmap.png``, ...).
+    The run also gets ``cell_runs.json`` (``cell_run_ids``), params ``params`` (dicts and lists as JSON)
+    and the tags ``tags`` plus ``kind=parent``, ``artifacts_sha`` (SHA-256 over the sorted artifact paths
+    and their files' SHA-256), ``cells_sha`` (SHA-256 of ``cell_run_ids``) and ``current``.
+
+    Each call is a new parent run named ``name`` (the history is kept; the latest of a name is
+    ``current=true``), except when the latest FINISHED parent of that name has the same ``artifacts_sha``
+    and ``cells_sha``: that one is reused as it is (its params and tags are not updated) and its id
+    returned.  The parent is marked FINISHED after its artifacts and the nesting; a parent left RUNNING by
+    a killed call is marked KILLED by the next one, which also moves the cells back under the parent it
+    logs or reuses.
+    """
+    from mlflow.entities import Param
+
+    if "'" in name:
+        raise ValueError(f"log_parent: name {name!r} must not contain a quote (it goes into a search filter)")
+    if not cell_run_ids:
+        raise ValueError(f"log_parent: no cell runs for {name!r}; pass the ids that log_runs returned")
+    if PARENT_TAGS & tags.keys():
+        raise ValueError(f"log_parent: tags {sorted(PARENT_TAGS & tags.keys())} are set by log_parent itself; "
+                         "rename them")
+    files = _artifact_files(artifacts)
+    own = {"kind": "parent", "artifacts_sha": _files_sha(files),
+           "cells_sha": hashlib.sha256(json.dumps(cell_run_ids, sort_keys=True).encode()).hexdigest()}
+    with _store(tracking_uri) as client:
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        cells = _cell_runs(client, exp_id, cell_run_ids)
+        series = _series(client, exp_id, f"tags.kind = 'parent' and attributes.run_name = '{name}'")
+        latest = max((run for run in series if run.info.status == "FINISHED"), key=lambda r: r.info.start_time,
+                     default=None)
+        if latest is not None and all(latest.data.tags.get(k) == own[k] for k in ("artifacts_sha", "cells_sha")):
+            run_id = latest.info.run_id
+            _nest(client, run_id, cells)  # cells a killed later parent took over come back
+        else:
+            run_id = _retry(client.create_run, exp_id, run_name=name,
+                            tags={**{k: str(v) for k, v in tags.items()}, **own, "current": "false"}).info.run_id
+            with _finishing(client, run_id), tempfile.TemporaryDirectory() as staging:
+                _retry(client.log_batch, run_id, params=[Param(k, v) for k, v in _flat(params).items()])
+                for where, local in files.items():  # the artifact tree, copied, logged in one call
+                    (Path(staging) / where).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(local, Path(staging) / where)
+                (Path(staging) / CELL_LIST).write_text(json.dumps(cell_run_ids, indent=1, sort_keys=True))
+                _retry(client.log_artifacts, run_id, staging)
+                _nest(client, run_id, cells)
+        _make_current(client, run_id, series)
+    return run_id

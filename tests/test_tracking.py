@@ -59,21 +59,22 @@ print(json.dumps(ids))
 
 
 def make_run(root: Path, category: str, method: str, seed: int = 0, dataset: str = "embedded",
-             auroc: float = 0.9) -> Path:
-    """A run folder as fit_run + evaluate_run leave it."""
+             auroc: float = 0.9, params: dict | None = None, commit: str = "unknown") -> Path:
+    """A run folder as fit_run + evaluate_run leave it (``params``: the method's, default ``{"k": 3}``)."""
     folder = root / dataset / category / method / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"dataset": dataset, "dataset_kind": "embedded", "generator": {"seed": 0},
-           "backbone": "tf_efficientnet_lite0", "image_size": 64, "method": method, "impl": method, "params": {"k": 3}, "seed": seed}
+           "backbone": "tf_efficientnet_lite0", "image_size": 64, "method": method, "impl": method.split("_")[0],
+           "params": {"k": 3} if params is None else params, "seed": seed}
     chash = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
-    identity = {**cfg, "category": category, "config_hash": chash, "git_commit": "unknown", "fit_seconds": 1.5,
+    identity = {**cfg, "category": category, "config_hash": chash, "git_commit": commit, "fit_seconds": 1.5,
                 "history": [[0, {"loss": 1.0}], [1, {"loss": 0.5}], [2, {"loss": 0.25}]]}
     (folder / "run.json").write_text(json.dumps(identity, indent=1, sort_keys=True))
     metrics = {"image_auroc": auroc, "image_ap": 0.8, "image_f1_max": 0.7, "pixel_auroc": 0.95, "pixel_ap": 0.4,
                "pixel_f1_max": 0.45, "pixel_aupro": 0.85, "evaluation_resolution": 64, "n_test": 20,
                "n_anomalous": 12, "predict_seconds": 0.25, "fit_seconds": 1.5, "dataset": dataset,
                "dataset_kind": "embedded", "category": category, "method": method, "seed": seed,
-               "backbone": "tf_efficientnet_lite0", "config_hash": chash, "git_commit": "unknown"}
+               "backbone": "tf_efficientnet_lite0", "config_hash": chash, "git_commit": commit}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     (folder / "map_scratch_000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + category.encode() + method.encode())
     return folder
@@ -93,6 +94,18 @@ def runs_by_key(client, experiment: str) -> dict[str, list]:
     return grouped
 
 
+def cell_tags(folder: Path) -> dict[str, str]:
+    """The tags a cell run of ``folder`` must carry, read from its files here (not by adbench.tracking)."""
+    identity = json.loads((folder / "run.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"kind": "cell", "run_key": run_key(folder), "dataset": identity["dataset"],
+            "category": identity["category"], "method": identity["method"], "impl": identity["impl"],
+            "variant": identity["params"].get("variant", "-"), "seed": str(identity["seed"]),
+            "config_hash": identity["config_hash"], "git_commit": metrics["git_commit"],
+            "metrics_sha": hashlib.sha256((folder / "metrics.json").read_bytes()).hexdigest(),
+            "run_dir": str(folder)}
+
+
 def assert_complete(client, run, folder: Path) -> None:
     """FINISHED, every numeric metric, the training curve, params and both artifacts."""
     assert run.info.status == "FINISHED"
@@ -102,8 +115,10 @@ def assert_complete(client, run, folder: Path) -> None:
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 0.25]
     identity = json.loads((folder / "run.json").read_text())
     assert run.data.params["config_hash"] == identity["config_hash"] == run.data.tags["config_hash"]
-    assert run.data.params["category"] == identity["category"] and run.data.params["params"] == '{"k": 3}'
+    assert run.data.params["category"] == identity["category"]
+    assert run.data.params["params"] == json.dumps(identity["params"], sort_keys=True)
     assert run.data.tags["run_key"] == run_key(folder)
+    assert {k: run.data.tags.get(k) for k in cell_tags(folder)} == cell_tags(folder)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "maps"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "maps")] == ["maps/map_scratch_000.png"]
 
@@ -384,3 +399,200 @@ def test_eight_processes_logging_at_once_into_a_new_store(tmp_path):
     for (exp, folders), ids in zip(plan, returned):
         grouped = runs_by_key(client, exp)
         assert ids == {run_key(f): grouped[run_key(f)][0].info.run_id for f in folders}
+
+
+def current_runs(client, experiment: str, query: str = "") -> dict[str, str]:
+    """``{run_key: run_id}`` of the runs the UI shows under the filter ``tags.current = 'true'``."""
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], " and ".join(["tags.current = 'true'"] + [query] * bool(query)))
+    keys = [r.data.tags["run_key"] for r in found]
+    assert len(keys) == len(set(keys)), f"two current runs of one cell: {sorted(keys)}"
+    return {r.data.tags["run_key"]: r.info.run_id for r in found}
+
+
+def test_cells_are_tagged_for_filtering_and_old_runs_get_the_tags(store, tmp_path):
+    uri, client = store
+    fod = make_run(tmp_path, "brick", "fod_patchwise_rec", seed=2, params={"variant": "paper", "epochs": 1},
+                   commit="0123abc-dirty")
+    patchcore = make_run(tmp_path, "brick", "patchcore")
+    ids = log_runs([fod, patchcore], uri, "tags")
+    for folder in (fod, patchcore):
+        assert_complete(client, client.get_run(ids[run_key(folder)]), folder)
+    assert cell_tags(fod)["variant"] == "paper" and cell_tags(patchcore)["variant"] == "-"
+    assert client.get_run(ids[run_key(fod)]).data.tags["impl"] == "fod"
+    exp_id = client.get_experiment_by_name("tags").experiment_id
+    by = lambda query: sorted(r.info.run_id for r in client.search_runs([exp_id], query))  # noqa: E731
+    assert by("tags.variant = 'paper' and tags.impl = 'fod' and tags.seed = '2'") == [ids[run_key(fod)]]
+    assert by("tags.git_commit = '0123abc-dirty'") == [ids[run_key(fod)]]
+    assert by("tags.variant = '-' and tags.category = 'brick'") == [ids[run_key(patchcore)]]
+    assert current_runs(client, "tags") == ids
+    # a run logged before these tags existed (run_key, metrics_sha, run_dir only) is reused and tagged
+    older = make_run(tmp_path, "coins", "patchcore")
+    sha = hashlib.sha256((older / "metrics.json").read_bytes()).hexdigest()
+    old = client.create_run(exp_id, run_name=run_key(older),
+                            tags={"run_key": run_key(older), "metrics_sha": sha, "run_dir": str(older)})
+    client.set_terminated(old.info.run_id, status="FINISHED")
+    assert log_runs([older], uri, "tags") == {run_key(older): old.info.run_id}
+    tags = client.get_run(old.info.run_id).data.tags
+    assert {k: tags.get(k) for k in cell_tags(older)} == cell_tags(older) and tags["current"] == "true"
+
+
+def test_a_rerun_supersedes_the_cells_previous_run(store, tmp_path):
+    uri, client = store
+    other = log_runs([make_run(tmp_path, "tile", "fod")], uri, "supersede")
+    key = "embedded/tile/patchcore/seed0"
+    first = log_runs([make_run(tmp_path, "tile", "patchcore", auroc=0.9)], uri, "supersede")[key]
+    assert "superseded_by" not in client.get_run(first).data.tags
+    second = log_runs([make_run(tmp_path, "tile", "patchcore", auroc=0.5)], uri, "supersede")[key]
+    assert second != first
+    assert current_runs(client, "supersede") == {**other, key: second}
+    old = client.get_run(first).data.tags
+    assert (old["current"], old["superseded_by"]) == ("false", second)
+    assert client.get_run(first).info.status == "FINISHED"  # kept as history
+    assert log_runs([make_run(tmp_path, "tile", "patchcore", auroc=0.5)], uri, "supersede")[key] == second
+    # back to the first numbers: that run is reused and current again, the other superseded by it
+    assert log_runs([make_run(tmp_path, "tile", "patchcore", auroc=0.9)], uri, "supersede")[key] == first
+    assert current_runs(client, "supersede") == {**other, key: first}
+    assert "superseded_by" not in client.get_run(first).data.tags
+    assert client.get_run(second).data.tags["superseded_by"] == first
+    assert len(runs_by_key(client, "supersede")[key]) == 2
+
+
+class Crash(BaseException):
+    """A process dying at this point (nothing in adbench.tracking handles it)."""
+
+
+@pytest.mark.parametrize("where", ["before the new run is current", "before the old run is un-marked"])
+def test_a_crash_while_moving_current_is_repaired_by_the_next_call(store, tmp_path, monkeypatch, where):
+    uri, client = store
+    experiment = "crash-" + where.split()[2]  # new / old
+    key = "embedded/wood/patchcore/seed0"
+    first = log_runs([make_run(tmp_path, "wood", "patchcore", auroc=0.9)], uri, experiment)[key]
+    set_tag, log_batch = mlflow.MlflowClient.set_tag, mlflow.MlflowClient.log_batch
+
+    def crashing_set_tag(self, run_id, k, v, *args, **kwargs):
+        if where.startswith("before the new") and (k, v) == ("current", "true"):
+            raise Crash
+        return set_tag(self, run_id, k, v, *args, **kwargs)
+
+    def crashing_log_batch(self, run_id, *args, tags=(), **kwargs):
+        if where.startswith("before the old") and ("current", "false") in [(t.key, t.value) for t in tags]:
+            raise Crash
+        return log_batch(self, run_id, *args, tags=tags, **kwargs)
+
+    changed = make_run(tmp_path, "wood", "patchcore", auroc=0.4)
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.MlflowClient, "set_tag", crashing_set_tag)
+        patch.setattr(mlflow.MlflowClient, "log_batch", crashing_log_batch)
+        with pytest.raises(Crash):
+            log_runs([changed], uri, experiment)
+    [new] = [r for r in runs_by_key(client, experiment)[key] if r.info.run_id != first]
+    assert new.info.status == "FINISHED"  # complete: the crash came after FINISHED
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    left = sorted(r.info.run_id for r in client.search_runs([exp_id], "tags.current = 'true'"))
+    assert left == ([first] if where.startswith("before the new") else sorted([first, new.info.run_id]))
+    assert log_runs([changed], uri, experiment) == {key: new.info.run_id}  # the repair: no new run
+    assert current_runs(client, experiment) == {key: new.info.run_id}
+    assert client.get_run(first).data.tags["superseded_by"] == new.info.run_id
+    assert len(runs_by_key(client, experiment)[key]) == 2
+    assert_complete(client, client.get_run(new.info.run_id), changed)
+
+
+def artifact_tree(client, run_id: str, path: str | None = None) -> dict[str, int]:
+    """``{artifact path: size in bytes}`` of every file of the run, read back through MLflow."""
+    files = {}
+    for item in client.list_artifacts(run_id, path):
+        files.update(artifact_tree(client, run_id, item.path) if item.is_dir else {item.path: item.file_size})
+    return files
+
+
+def test_log_parent_nests_the_cells_and_logs_the_tables_and_figures(store, tmp_path, monkeypatch):
+    uri, client = store
+    folders = [make_run(tmp_path, c, m) for c in ("tray", "cloth") for m in ("patchcore", "fod")]
+    ids = log_runs(folders, uri, "parent")
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "table2.csv").write_text("category,fod\ntray,0.9\n")
+    (tmp_path / "tables" / "table2.md").write_text("| category | fod |\n")
+    (tmp_path / "figures" / "curves").mkdir(parents=True)
+    (tmp_path / "figures" / "heatmap.png").write_bytes(b"\x89PNG heatmap")
+    (tmp_path / "figures" / "curves" / "roc.png").write_bytes(b"\x89PNG roc")
+    (tmp_path / "summary-draft.txt").write_text("4 cells\n")
+    artifacts = {"tables": tmp_path / "tables", "figures": tmp_path / "figures",
+                 "report/summary.txt": tmp_path / "summary-draft.txt"}
+    local = {"tables/table2.csv": "tables/table2.csv", "tables/table2.md": "tables/table2.md",
+             "figures/heatmap.png": "figures/heatmap.png", "figures/curves/roc.png": "figures/curves/roc.png",
+             "report/summary.txt": "summary-draft.txt"}
+    parent = tracking.log_parent(uri, "parent", ids, artifacts, "all_tables", {"configfile": "ci.yaml",
+                                 "methods": ["patchcore", "fod"]}, {"git_commit": "0123abc"})
+    run = client.get_run(parent)
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "all_tables")
+    assert run.data.params == {"configfile": "ci.yaml", "methods": '["patchcore", "fod"]'}
+    assert {k: run.data.tags[k] for k in ("kind", "current", "git_commit")} == {
+        "kind": "parent", "current": "true", "git_commit": "0123abc"}
+    tree = artifact_tree(client, parent)
+    assert tree.pop("cell_runs.json") > 0
+    assert tree == {k: (tmp_path / v).stat().st_size for k, v in local.items()}
+    stored = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert all((stored / k).read_bytes() == (tmp_path / v).read_bytes() for k, v in local.items())
+    assert json.loads((stored / "cell_runs.json").read_text()) == ids
+    exp_id = run.info.experiment_id
+
+    def children(parent_id: str) -> list[str]:
+        return sorted(r.info.run_id for r in client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'"))
+
+    assert children(parent) == sorted(ids.values())
+
+    # the same inputs: the same parent; a changed table: a new parent, the first one kept as history
+    assert tracking.log_parent(uri, "parent", ids, artifacts, "all_tables", {}, {}) == parent
+    (tmp_path / "tables" / "table2.csv").write_text("category,fod\ntray,0.8\n")
+    second = tracking.log_parent(uri, "parent", ids, artifacts, "all_tables", {}, {})
+    assert second != parent and children(second) == sorted(ids.values()) and children(parent) == []
+    assert client.get_run(second).data.tags["artifacts_sha"] != run.data.tags["artifacts_sha"]
+    assert (client.get_run(parent).data.tags["current"], client.get_run(parent).data.tags["superseded_by"]) == (
+        "false", second)
+    # a rerun cell (new run id) makes a new parent too
+    rerun = log_runs([make_run(tmp_path, "tray", "fod", auroc=0.3)], uri, "parent")
+    third = tracking.log_parent(uri, "parent", {**ids, **rerun}, artifacts, "all_tables", {}, {})
+    assert third != second and children(third) == sorted({**ids, **rerun}.values())
+
+    # killed while nesting: the next call moves the cells back under the parent it reuses
+    set_tag = mlflow.MlflowClient.set_tag
+
+    def crash_after_one_cell(self, run_id, key, value, *args, **kwargs):
+        set_tag(self, run_id, key, value, *args, **kwargs)
+        if key == "mlflow.parentRunId":
+            raise Crash
+
+    (tmp_path / "tables" / "table2.md").write_text("| changed |\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.MlflowClient, "set_tag", crash_after_one_cell)
+        with pytest.raises(Crash):
+            tracking.log_parent(uri, "parent", {**ids, **rerun}, artifacts, "all_tables", {}, {})
+    (tmp_path / "tables" / "table2.md").write_text("| category | fod |\n")
+    assert len(children(third)) == len(ids) - 1
+    assert tracking.log_parent(uri, "parent", {**ids, **rerun}, artifacts, "all_tables", {}, {}) == third
+    assert children(third) == sorted({**ids, **rerun}.values())
+    assert [r.info.run_id for r in client.search_runs([exp_id], "tags.kind = 'parent' and tags.current = 'true'")
+            ] == [third]
+
+
+def test_log_parent_refuses_bad_input_naming_it(store, tmp_path):
+    uri, _ = store
+    ids = log_runs([make_run(tmp_path, "leather", "patchcore")], uri, "parent-bad")
+    table = tmp_path / "table2.csv"
+    table.write_text("x\n")
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        tracking.log_parent(uri, "parent-bad", ids, {"tables/t.csv": tmp_path / "missing.csv"}, "p", {}, {})
+    with pytest.raises(ValueError, match=r"'\.\./t\.csv'.*relative path"):
+        tracking.log_parent(uri, "parent-bad", ids, {"../t.csv": table}, "p", {}, {})
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "t.csv").write_text("y\n")
+    with pytest.raises(ValueError, match=r"\['tables/t\.csv'\] given twice"):
+        tracking.log_parent(uri, "parent-bad", ids, {"tables/t.csv": table, "tables": tmp_path / "tables"}, "p", {}, {})
+    with pytest.raises(ValueError, match="relative path"):
+        tracking.log_parent(uri, "parent-bad", ids, {".": tmp_path / "tables"}, "p", {}, {})
+    with pytest.raises(ValueError, match="no MLflow run 'nope'"):
+        tracking.log_parent(uri, "parent-bad", {"embedded/leather/patchcore/seed0": "nope"}, {}, "p", {}, {})
+    with pytest.raises(ValueError, match="embedded/leather/fod/seed0"):
+        tracking.log_parent(uri, "parent-bad", {"embedded/leather/fod/seed0": next(iter(ids.values()))}, {},
+                            "p", {}, {})
