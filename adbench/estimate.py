@@ -71,8 +71,8 @@ def load_config(path: Path) -> dict:
 def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
     """Hours per device and method, job count, and disk (GB) for the profile ``config``."""
     from adbench.registry import check_method_entry
+    from adbench.runs import method_seeds
 
-    seeds = len(config["run"]["seeds"])
     size, backbone = config["backbone"]["image_size"], config["backbone"]["name"]
     jobs, images, test_images, hours = 0, 0, 0, {d: {} for d in benchmarks}
     unmeasured = {d: set() for d in benchmarks}
@@ -84,6 +84,7 @@ def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
             for method in config["run"]["methods"]:
                 entry = config["methods"][method]
                 params = check_method_entry(method, entry)
+                seeds = len(method_seeds(config, method))
                 jobs += seeds
                 test_images += n_test * seeds
                 for device, bench in benchmarks.items():
@@ -92,8 +93,10 @@ def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
                         unmeasured[device].add(entry["impl"])
                         continue
                     per_image_epoch = row["seconds_per_epoch"] / bench["settings"]["n_train"]
-                    seconds = (passes(entry["impl"], params) * per_image_epoch * n_train
-                               + row["predict_seconds"] / bench["settings"]["n_test"] * n_test)
+                    per_test_pass = row["predict_seconds"] / bench["settings"]["n_test"] * n_test
+                    # FOD's monitor_every: one more test pass every so many epochs (best-epoch-on-test column)
+                    monitored = params.get("epochs", 0) // params["monitor_every"] if params.get("monitor_every") else 0
+                    seconds = passes(entry["impl"], params) * per_image_epoch * n_train + (1 + monitored) * per_test_pass
                     hours[device][method] = hours[device].get(method, 0.0) + seeds * seconds / 3600
     for device, bench in benchmarks.items():
         extraction = bench.get("extraction") or {}

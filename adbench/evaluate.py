@@ -14,7 +14,6 @@ model and ``run.json`` (params, config hash, git commit, fit time, per-epoch tra
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ def fit_run(cfg: dict[str, Any], category: str, train_path: Path, model_path: Pa
     train = load_split(train_path)
     kwargs = {}
     monitor_every = cfg["params"].get("monitor_every", 0)
-    if monitor_every and "monitor" in inspect.signature(model.fit).parameters:
+    if monitor_every and model.monitors_test:
         if test_path is None:
             raise ValueError(f"{cfg['method']}: monitor_every needs the test split")
         kwargs["monitor"] = load_split(test_path)
@@ -134,7 +133,7 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
         "evaluation_resolution": test.image_size, "n_test": len(test), "n_anomalous": int(test.labels.sum()),
         "predict_seconds": predict_seconds, "fit_seconds": identity["fit_seconds"],
         "device": str(run_on), "device_name": device_name(run_on),
-        **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "seed", "backbone",
+        **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "impl", "seed", "backbone",
                                     "config_hash", "git_commit", "cpu_isa", "cpu_capability", "preprocess")},
     }
     import pandas as pd

@@ -117,3 +117,18 @@ def track_category(run_dirs: list[str], tracking_uri: str, experiment: str, out:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def track_all_tables(cell_records: list[str], artifacts: dict[str, str], tracking_uri: str, experiment: str,
+                     name: str, params: dict, out: str) -> None:
+    """One MLflow parent run for this ``all_tables`` execution (``adbench.tracking.log_parent``): the union of
+    the categories' ``mlflow.json`` ({run_key: run_id}) nested under it, ``artifacts`` ({artifact path: file
+    or folder}) attached; writes ``{"run_id", "experiment", "cells"}`` to ``out``."""
+    from adbench.runs import write_atomic
+    from adbench.tracking import git_commit, log_parent
+
+    cells: dict[str, str] = {}
+    for record in cell_records:
+        cells.update(json.loads(Path(record).read_text()))
+    run_id = log_parent(tracking_uri, experiment, cells, artifacts, name, params, {"git_commit": git_commit()})
+    write_atomic(out, json.dumps({"run_id": run_id, "experiment": experiment, "cells": len(cells)}, indent=1))

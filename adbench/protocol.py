@@ -291,6 +291,10 @@ class AnomalyMethod(ABC):
     #: The params that count passes over the training data (epochs, meta-epochs, repeats); each must be
     #: >= 1, checked when the method is built.  Empty for methods that do not train (PatchCore).
     epoch_params: ClassVar[tuple[str, ...]] = ()
+    #: True for a method whose ``fit`` takes ``monitor=<test Split>`` to score it while training (FOD's
+    #: ``monitor_every``: the authors' best-epoch-on-test numbers, reported beside the last epoch's); the
+    #: runner hands the test split only to such a method, and only when ``monitor_every`` is set.
+    monitors_test: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         self.params: dict[str, Any] = dict(params or {})

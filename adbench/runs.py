@@ -42,6 +42,12 @@ def run_config(config: dict, dataset: str, method: str, seed: int, params: dict[
     }
 
 
+def method_seeds(config: dict, method: str) -> list[int]:
+    """A method's seeds: ``run.seeds``, or only the first of them for a method in ``run.one_seed``."""
+    seeds = list(config["run"]["seeds"])
+    return seeds[:1] if method in config["run"].get("one_seed", []) else seeds
+
+
 def config_hash(cfg: dict[str, Any]) -> str:
     """First 12 hex digits of the SHA-256 of the canonical JSON of ``cfg``."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]

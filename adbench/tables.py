@@ -1,11 +1,23 @@
-"""The paper's tables, rebuilt from the runs' ``metrics.json`` files.
+"""The paper's Tables 1-4 (and a per-category pixel table), rebuilt from the runs' ``metrics.json`` files.
 
-Cells are means over seeds.  Where the dataset is one the paper reports on, its transcribed numbers
-(``results/paper/``) stand beside ours in columns named ``paper:<method>``.
+Each reproduced cell is the mean over seeds, with the sample standard deviation over seeds (``<col>:std``)
+and the number of seeds (``<col>:seeds``); a mean over categories (the ``mean`` rows, Tables 1, 3, 4) is
+the mean of the per-seed category means, and its std is over those.  Where the paper reports the same
+cell, its transcribed value (``results/paper/``) stands beside ours as ``paper:<col>`` with the difference
+``diff:<col>`` = ours - paper; never a value of another dataset or another set of categories (like with
+like).  Methods that monitored the test split while training (FOD's ``monitor_every``) also get a
+``best_on_test:<method>`` column: the authors' best-epoch-on-test selection, shown next to our last-epoch
+number and never emphasised.
+
+Every table is written three ways (``write_outputs``): CSV (all numbers), Markdown and LaTeX (booktabs),
+with the best reproduced value of each row (or column, per table) in bold and the second underlined, as
+the paper marks them in red and blue.
 """
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +30,12 @@ PAPER_CATEGORIES: dict[str, list[str]] = {
     "btad": ["01", "02", "03"],
     "mvtec3d": ["bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire"],
 }
+METRIC_LABEL = {"image_auroc": "image-level AUROC", "pixel_auroc": "pixel-level AUROC"}
+# Where each kind of table picks its bold / underlined cells: across methods in a row, or down a column.
+EMPHASIS = {"per_category": "row", "table1": "column", "table3": "row", "table4": "column"}
+BEST_ON_TEST = "best_on_test"
+BEST_ON_TEST_NOTE = ("`best_on_test:*` columns: the best epoch chosen on the test set, as the authors' code "
+                     "does; reported for comparison only, never the headline (ours is the last epoch)")
 
 
 def published_row(kind: str) -> str:
@@ -62,64 +80,277 @@ def load_metrics(paths: list[str | Path], expected: dict[str, str] | None = None
     return pd.DataFrame(rows)
 
 
-def table2(runs: pd.DataFrame, methods: list[str], metric: str = "image_auroc", kind: str | None = None) -> pd.DataFrame:
-    """Categories x methods of ``metric`` (mean over seeds), categories in run order, plus a ``mean`` row.
+@dataclass
+class Table:
+    """One table ready to render.
 
-    When the paper reports on the dataset ``kind``, ``paper:<method>`` columns stand beside ours: its
-    per-category values where it has them, and in the ``mean`` row the mean of its values over the same
-    categories we ran (like with like: left empty when the paper has no per-category values and we ran
-    only some categories).  A last row (``published_row``) holds the paper's published all-category mean.
+    ``values``: rows x columns; numbers, or text in ``text_columns``.  ``std`` / ``seeds``: the seed
+    statistics of the reproduced columns ``ours`` (same index).  ``emphasis``: where the best and second
+    reproduced values are picked, ``"row"`` (across ``ours`` in each row) or ``"column"`` (down each of
+    ``ours``).  ``labels``: display names of columns (default: the key).
     """
-    categories = list(dict.fromkeys(runs["category"]))
-    cells = runs.groupby(["category", "method"])[metric].mean().unstack("method")
-    table = cells.reindex(index=categories, columns=methods)
-    missing = table.columns[table.isna().any()].tolist()
+
+    name: str
+    caption: str
+    values: pd.DataFrame
+    ours: list[str]
+    std: pd.DataFrame
+    seeds: pd.DataFrame
+    emphasis: str = "row"
+    text_columns: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    rule_before: list[str] = field(default_factory=list)  # row labels preceded by a horizontal rule
+
+    def ranks(self) -> dict[tuple[str, str], int]:
+        """``{(row, column): 1 or 2}`` for the best and second-best reproduced values (:func:`best_two`)."""
+        groups = ([[(r, c) for c in self.ours] for r in self.values.index] if self.emphasis == "row"
+                  else [[(r, c) for r in self.values.index] for c in self.ours])
+        marks: dict[tuple[str, str], int] = {}
+        for cells in groups:
+            marks.update(best_two({cell: self.values.loc[cell] for cell in cells}))
+        return marks
+
+
+def best_two(values: dict, digits: int = 3, higher_is_better: bool = True) -> dict:
+    """``{key: 1 or 2}``: the keys of ``values`` holding the best and second-best value as printed (rounded
+    to ``digits``, so printed ties share a rank); NaN and non-numbers never compete.  The one rule for bold /
+    underline in every rendering (Markdown, LaTeX, the HTML report)."""
+    shown = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isnan(number):
+            shown[key] = round(number, digits)
+    ranked = sorted(set(shown.values()), reverse=higher_is_better)[:2]
+    return {key: ranked.index(v) + 1 for key, v in shown.items() if v in ranked}
+
+
+def seed_stats(runs: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """Mean, sample std (NaN for one seed) and count over seeds of ``metric`` per ``keys`` group.
+
+    ``runs`` has one row per (keys..., seed).  Returns a frame indexed by ``keys`` with ``mean, std, seeds``.
+    """
+    per_seed = runs.groupby(keys + ["seed"])[metric].mean()
+    grouped = per_seed.groupby(level=keys)
+    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.count()})
+
+
+def category_mean_stats(runs: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """Like :func:`seed_stats` of the mean over categories: per (keys, seed) the mean over categories, then
+    mean / std over seeds.  Every category of a group must have the same seeds (else the per-seed means
+    would average different categories)."""
+    for key, group in runs.groupby(keys):
+        seeds = group.groupby("category")["seed"].apply(frozenset)
+        if seeds.nunique() != 1:
+            raise ValueError(f"{key}: categories were run with different seeds ({dict(seeds)}); run every "
+                             f"category with the method's seeds first")
+    per_seed = runs.groupby(keys + ["seed"])[metric].mean().rename(metric).reset_index()
+    return seed_stats(per_seed, keys, metric)
+
+
+def _require(runs: pd.DataFrame, methods: list[str], categories: list[str], metric: str) -> None:
+    have = runs.dropna(subset=[metric]).groupby("method")["category"].apply(set)
+    missing = [m for m in methods if not set(categories) <= have.get(m, set())]
     if missing:
         raise ValueError(f"no {metric} for some categories of methods {missing}: run them first")
-    table.loc["mean"] = table.mean()
-    per_category, published = paper_reference(kind, metric) if kind in PAPER_CATEGORIES else (None, None)
-    if published is not None:
-        all_ran = set(categories) == set(PAPER_CATEGORIES[kind])
-        for m in methods:
-            if m not in published.index:
-                continue
-            col = pd.Series(float("nan"), index=table.index)
-            if per_category is not None:
-                col[categories] = per_category[m].reindex(categories).to_numpy()
-                col["mean"] = col[categories].mean()
-            elif all_ran:
-                col["mean"] = published[m]
-            table[f"paper:{m}"] = col
-        table.loc[published_row(kind)] = float("nan")
-        for m in methods:
-            if f"paper:{m}" in table:
-                table.loc[published_row(kind), f"paper:{m}"] = published[m]
-    table.index.name = "category"
-    return table
 
 
-def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured markdown table; NaN cells print as ``-``."""
-    cols = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
-    for idx, row in table.iterrows():
-        cells = ["-" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
-        lines.append("| " + " | ".join([f"**{idx}**" if idx == "mean" or str(idx).startswith("paper mean")
-                                        else str(idx)] + cells) + " |")
-    return "\n".join(lines) + "\n"
+def _method_impls(runs: pd.DataFrame) -> dict[str, str]:
+    """Method name -> impl (the paper's column for it), from the runs (``impl`` field, else the name)."""
+    impl = runs["impl"] if "impl" in runs else runs["method"]
+    return dict(zip(runs["method"], impl.fillna(runs["method"])))
 
 
-def write_table2(metrics_files: list[str], dataset: str, methods: list[str], csv_out: str, md_out: str,
-                 expected: dict[str, str] | None = None) -> None:
-    runs = load_metrics(metrics_files, expected)
-    runs = runs[runs["dataset"] == dataset]
+def per_category(runs: pd.DataFrame, methods: list[str], metric: str, name: str, caption: str) -> Table:
+    """Categories (run order) x methods of ``metric``, plus a ``mean`` row (Table 2; the pixel table).
+
+    Where the paper has per-category values for the dataset kind, ``paper:<m>`` / ``diff:<m>`` columns
+    follow each method, their ``mean`` the paper's mean over the same categories; the paper's published
+    all-category mean has its own last row (``published_row``).  Methods with test-set monitoring get a
+    ``best_on_test:<m>`` column.
+    """
+    categories = list(dict.fromkeys(runs["category"]))
+    _require(runs, methods, categories, metric)
+    runs = runs[runs["method"].isin(methods)]
     kinds = set(runs["dataset_kind"])
-    table = table2(runs, methods, kind=kinds.pop() if len(kinds) == 1 else None)
-    table.to_csv(csv_out, float_format="%.4f")
-    title = (f"Table 2: image-level AUROC per category on `{dataset}` (mean over seeds {sorted(set(runs['seed']))}); "
-             f"`paper:*` columns: the paper's values for the same categories, their mean over the categories "
-             f"run here, and its published all-category mean in the last row; {_preprocessing(runs)}\n\n")
-    Path(md_out).write_text(title + to_markdown(table))
+    kind = kinds.pop() if len(kinds) == 1 else None
+    cells = seed_stats(runs, ["category", "method"], metric)
+    overall = category_mean_stats(runs, ["method"], metric)
+    index = categories + ["mean"]
+    values, std, seeds = (pd.DataFrame(index=index, dtype=float) for _ in range(3))
+    per_cat, published = paper_reference(kind, metric) if kind in PAPER_CATEGORIES else (None, None)
+    impls = _method_impls(runs)
+    all_ran = kind in PAPER_CATEGORIES and set(categories) == set(PAPER_CATEGORIES[kind])
+    rows_published = published is not None
+    for m in methods:
+        col = [cells.loc[(c, m), "mean"] for c in categories] + [overall.loc[m, "mean"]]
+        values[m] = col
+        std[m] = [cells.loc[(c, m), "std"] for c in categories] + [overall.loc[m, "std"]]
+        seeds[m] = [cells.loc[(c, m), "seeds"] for c in categories] + [overall.loc[m, "seeds"]]
+        paper_col = impls.get(m, m)
+        if published is not None and paper_col in published.index:
+            ref = pd.Series(math.nan, index=index)
+            if per_cat is not None:
+                ref[categories] = per_cat[paper_col].reindex(categories).to_numpy()
+                ref["mean"] = ref[categories].mean()
+            elif all_ran:
+                ref["mean"] = published[paper_col]
+            values[f"paper:{m}"] = ref
+            values[f"diff:{m}"] = values[m] - ref
+        selected = f"{BEST_ON_TEST}_{metric}"
+        ran = runs[runs["method"] == m]
+        if selected in ran and ran[selected].notna().all():
+            sel = seed_stats(ran, ["category"], selected)
+            sel_mean = category_mean_stats(ran, ["method"], selected)
+            values[f"{BEST_ON_TEST}:{m}"] = list(sel.loc[categories, "mean"]) + [sel_mean.loc[m, "mean"]]
+    rule = ["mean"]
+    if rows_published:
+        row = published_row(kind)
+        values.loc[row] = math.nan
+        for m in methods:
+            if f"paper:{m}" in values:
+                values.loc[row, f"paper:{m}"] = published[impls.get(m, m)]
+        std.loc[row], seeds.loc[row] = math.nan, math.nan
+        rule.append(row)
+    values.index.name = "category"
+    return Table(name, caption, values, list(methods), std, seeds, emphasis=EMPHASIS["per_category"],
+                 rule_before=rule)
+
+
+def table1(runs: pd.DataFrame, methods: list[str], dataset: str) -> Table:
+    """The paper's Table 1 (MVTec AD, image and pixel AUROC of every method it lists, with venue): its
+    literature rows marked "reported, not rerun", and one row per reproduced method (our mean over the
+    categories run, ± std over seeds) beside the value the paper lists for that method.  ``diff:*`` only
+    when ``dataset`` is MVTec AD with all 15 categories run (like with like)."""
+    paper = pd.read_csv(PAPER_DIR / "table1.csv", dtype=str, keep_default_na=False)
+    runs = runs[runs["method"].isin(methods)]
+    categories = list(dict.fromkeys(runs["category"]))
+    for metric in ("image_auroc", "pixel_auroc"):
+        _require(runs, methods, categories, metric)
+    kinds = set(runs["dataset_kind"])
+    comparable = kinds == {"mvtec_ad"} and set(categories) == set(PAPER_CATEGORIES["mvtec_ad"])
+    impls = _method_impls(runs)
+    stats = {metric: category_mean_stats(runs, ["method"], metric) for metric in ("image_auroc", "pixel_auroc")}
+    rows, std_rows, seed_rows, index = [], [], [], []
+    for entry in paper.itertuples():
+        number = {metric: float(getattr(entry, metric)) if getattr(entry, metric) else math.nan
+                  for metric in ("image_auroc", "pixel_auroc")}
+        base = {"group": entry.group, "venue": entry.venue}
+        ours = [m for m in methods if entry.suite_method and impls.get(m, m) == entry.suite_method]
+        if not ours:
+            rows.append({**base, "status": "reported, not rerun", **{f"paper:{k}": v for k, v in number.items()}})
+            index.append(entry.method)
+            std_rows.append({}), seed_rows.append({})
+        for m in ours:
+            row = {**base, "status": f"reproduced here (`{m}` on `{dataset}`)"}
+            for metric in ("image_auroc", "pixel_auroc"):
+                row[metric] = stats[metric].loc[m, "mean"]
+                row[f"paper:{metric}"] = number[metric]
+                row[f"diff:{metric}"] = row[metric] - number[metric] if comparable else math.nan
+            rows.append(row)
+            std_rows.append({k: stats[k].loc[m, "std"] for k in stats})
+            seed_rows.append({k: stats[k].loc[m, "seeds"] for k in stats})
+            index.append(f"{entry.method} [{m}]")
+    order = ["group", "venue", "status", "image_auroc", "paper:image_auroc", "diff:image_auroc",
+             "pixel_auroc", "paper:pixel_auroc", "diff:pixel_auroc"]
+    values = pd.DataFrame(rows, index=pd.Index(index, name="method")).reindex(columns=order)
+    std = pd.DataFrame(std_rows, index=values.index).reindex(columns=["image_auroc", "pixel_auroc"])
+    seeds = pd.DataFrame(seed_rows, index=values.index).reindex(columns=["image_auroc", "pixel_auroc"])
+    where = (f"mean over the {len(categories)} categories of `{dataset}` run here" if comparable else
+             f"our numbers are on `{dataset}` ({', '.join(sorted(kinds))}, {len(categories)} categories), the "
+             f"paper's on all of MVTec AD: no differences are computed")
+    caption = (f"Table 1: image- and pixel-level AUROC, the paper's Table 1 (MVTec AD; literature rows reported, "
+               f"not rerun) with the methods reproduced here; {where}; ± std over seeds; "
+               f"{_preprocessing(runs)}")
+    return Table("table1", caption, values, ["image_auroc", "pixel_auroc"], std, seeds, emphasis=EMPHASIS["table1"],
+                 text_columns=["group", "venue", "status"])
+
+
+def table3(runs: pd.DataFrame, methods: list[str], datasets: list[str]) -> Table:
+    """Per dataset, image and pixel AUROC (mean over its categories, ± std over seeds) of each method; the
+    paper's Table 3 values (BTAD, MVTec3D-RGB) and differences where the dataset is one of those and all of
+    its categories were run."""
+    index, rows, std_rows, seed_rows = [], [], [], []
+    impls = _method_impls(runs)
+    for ds in datasets:
+        ran = runs[(runs["dataset"] == ds) & runs["method"].isin(methods)]
+        if ran.empty:
+            raise ValueError(f"table3: no runs of dataset '{ds}': run it first")
+        kind = ran["dataset_kind"].iloc[0]
+        categories = set(ran["category"])
+        all_ran = kind in PAPER_CATEGORIES and categories == set(PAPER_CATEGORIES[kind])
+        for metric in ("image_auroc", "pixel_auroc"):
+            _require(ran, methods, sorted(categories), metric)
+            stats = category_mean_stats(ran, ["method"], metric)
+            _, published = paper_reference(kind, metric) if all_ran else (None, None)
+            row = {}
+            for m in methods:
+                row[m] = stats.loc[m, "mean"]
+                if published is not None and impls.get(m, m) in published.index:
+                    row[f"paper:{m}"] = published[impls.get(m, m)]
+                    row[f"diff:{m}"] = row[m] - row[f"paper:{m}"]
+            rows.append(row)
+            std_rows.append({m: stats.loc[m, "std"] for m in methods})
+            seed_rows.append({m: stats.loc[m, "seeds"] for m in methods})
+            index.append(f"{ds} ({len(categories)} categories): {METRIC_LABEL[metric]}")
+    columns = [c for m in methods for c in (m, f"paper:{m}", f"diff:{m}") if any(c in r for r in rows)]
+    values = pd.DataFrame(rows, index=pd.Index(index, name="dataset")).reindex(columns=columns)
+    caption = ("Table 3: image- and pixel-level AUROC per dataset (mean over its categories, ± std over seeds); "
+               "`paper:*`: the paper's Table 3 where the dataset is BTAD or MVTec3D-RGB and all of its "
+               f"categories were run; {_preprocessing(runs)}")
+    return Table("table3", caption, values, list(methods), pd.DataFrame(std_rows, index=values.index),
+                 pd.DataFrame(seed_rows, index=values.index), emphasis=EMPHASIS["table3"])
+
+
+def ablation_label(method_entry: dict) -> str:
+    """Table 4 row of a FOD method entry: its ``ablation`` param, ``full`` without one."""
+    return method_entry.get("params", {}).get("ablation", "full")
+
+
+def table4(runs: pd.DataFrame, labels: dict[str, str], datasets: list[str]) -> Table:
+    """Ablation rows x datasets of image AUROC (mean over categories, ± std over seeds), plus ``avg``; the
+    paper's Table 4 columns (``paper:<its dataset>``) follow, with ``diff:<dataset>`` where one of our
+    datasets is one of the paper's and all of its categories were run.
+
+    ``labels`` maps method names to row labels, in row order.
+    """
+    paper = pd.read_csv(PAPER_DIR / "table4.csv").set_index("ablation")
+    runs = runs[runs["method"].isin(list(labels)) & runs["dataset"].isin(datasets)]
+    have = set(zip(runs["method"], runs["dataset"]))
+    missing = sorted({m for m in labels for ds in datasets if (m, ds) not in have})
+    if missing:
+        raise ValueError(f"no image_auroc for methods {missing} on some of {datasets}: run them first")
+    stats = category_mean_stats(runs, ["method", "dataset"], "image_auroc")
+    rows = [labels[m] for m in labels]
+    values, std, seeds = (pd.DataFrame(index=pd.Index(rows, name="ablation"), dtype=float) for _ in range(3))
+    for ds in datasets:
+        values[ds] = [stats.loc[(m, ds), "mean"] for m in labels]
+        std[ds] = [stats.loc[(m, ds), "std"] for m in labels]
+        seeds[ds] = [stats.loc[(m, ds), "seeds"] for m in labels]
+    # the mean over datasets; no std (datasets may have been run with different seeds)
+    values["avg"] = values[datasets].mean(axis=1)
+    std["avg"], seeds["avg"] = math.nan, seeds[datasets].min(axis=1)
+    ref = paper.reindex(rows)
+    for col in ("mvtec_ad", "btad", "mvtec3d", "avg"):
+        values[f"paper:{col}"] = ref[col].to_numpy()
+    for ds in datasets:
+        ran = runs[runs["dataset"] == ds]
+        kind = ran["dataset_kind"].iloc[0]
+        if kind in PAPER_CATEGORIES and set(ran["category"]) == set(PAPER_CATEGORIES[kind]):
+            values[f"diff:{ds}"] = values[ds] - values[f"paper:{kind}"]
+    counts = []
+    for ds in datasets:
+        ran = runs.loc[runs["dataset"] == ds]
+        kind, n = ran["dataset_kind"].iloc[0], ran["category"].nunique()
+        total = f" of {len(PAPER_CATEGORIES[kind])}" if kind in PAPER_CATEGORIES else ""
+        counts.append(f"`{ds}` ({kind}): {n}{total} categories")
+    caption = ("Table 4: FOD ablations, image-level AUROC (mean over categories, ± std over seeds).  Our columns "
+               f"average the categories run here ({'; '.join(counts)}); the `paper:*` columns are the paper's "
+               "published means over all categories of its datasets, compared (`diff:*`) only where every "
+               f"category of the same dataset was run; {_preprocessing(runs)}")
+    return Table("table4", caption, values, list(datasets) + ["avg"], std, seeds, emphasis=EMPHASIS["table4"])
 
 
 def _preprocessing(runs: pd.DataFrame) -> str:
@@ -128,47 +359,144 @@ def _preprocessing(runs: pd.DataFrame) -> str:
     return f"images preprocessed by `{'`, `'.join(used)}` (backbone.preprocess)" if used else "preprocessing not recorded"
 
 
-def ablation_label(method_entry: dict) -> str:
-    """Table 4 row of a FOD method entry: its ``ablation`` param, ``full`` without one."""
-    return method_entry.get("params", {}).get("ablation", "full")
+# ---- rendering -----------------------------------------------------------------------------------------
 
 
-def table4(runs: pd.DataFrame, labels: dict[str, str], datasets: list[str],
-           paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Ablation rows x datasets of mean image AUROC (over categories and seeds), plus ``avg``.
-
-    ``labels`` maps method names to row labels, in row order.  The paper's Table 4 columns
-    (``paper:<dataset>``) follow when given: they describe the same rows on the paper's datasets.
-    """
-    cells = runs.groupby(["method", "dataset"])["image_auroc"].mean().unstack("dataset")
-    table = cells.reindex(index=list(labels), columns=datasets)
-    missing = table.index[table.isna().any(axis=1)].tolist()
-    if missing:
-        raise ValueError(f"no image_auroc for methods {missing} on some of {datasets}: run them first")
-    table.index = [labels[m] for m in table.index]
-    table["avg"] = table[datasets].mean(axis=1)
-    if paper is not None:
-        ref = paper.set_index("ablation").reindex(table.index)
-        for col in ("mvtec_ad", "btad", "mvtec3d", "avg"):
-            table[f"paper:{col}"] = ref[col]
-    table.index.name = "ablation"
-    return table
+def to_csv(table: Table, path: str | Path) -> None:
+    """All numbers: each reproduced column ``c`` followed by ``c:std`` and ``c:seeds``."""
+    out = pd.DataFrame(index=table.values.index)
+    for col in table.values.columns:
+        out[col] = table.values[col]
+        if col in table.ours and col in table.std:
+            out[f"{col}:std"] = table.std[col]
+            out[f"{col}:seeds"] = table.seeds[col].astype("Int64")
+    out.to_csv(path, float_format="%.4f")
 
 
-def write_table4(metrics_files: list[str], labels: dict[str, str], datasets: list[str], csv_out: str,
-                 md_out: str, expected: dict[str, str] | None = None) -> None:
-    runs = load_metrics(metrics_files, expected)
-    table = table4(runs, labels, datasets, paper=pd.read_csv(PAPER_DIR / "table4.csv"))
-    table.to_csv(csv_out, float_format="%.4f")
-    counts = []
-    for ds in datasets:
-        ran = runs.loc[runs["dataset"] == ds]
-        kind, n = ran["dataset_kind"].iloc[0], ran["category"].nunique()
-        total = f" of {len(PAPER_CATEGORIES[kind])}" if kind in PAPER_CATEGORIES else ""
-        counts.append(f"`{ds}` ({kind}): {n}{total} categories")
-    Path(md_out).write_text(
-        "Table 4: FOD ablations, image-level AUROC (mean over categories and seeds).  Our columns average the "
-        f"categories run here ({'; '.join(counts)}); the `paper:*` columns are the paper's published means over "
-        "all categories of its datasets, so they compare like with like only where every category was run; "
-        f"{_preprocessing(runs)}\n\n"
-        + to_markdown(table))
+def _cell(table: Table, row: str, col: str, digits: int) -> tuple[str, int]:
+    """A cell's text (``mean ± std`` for reproduced columns with more than one seed; signed for ``diff:``)
+    and its emphasis rank (0, 1 best, 2 second)."""
+    value = table.values.loc[row, col]
+    if col in table.text_columns:
+        return ("" if pd.isna(value) else str(value)), 0
+    if pd.isna(value):
+        return "-", 0
+    text = f"{value:+.{digits}f}" if col.startswith("diff:") else f"{value:.{digits}f}"
+    if col in table.ours and col in table.std and not pd.isna(table.std.loc[row, col]):
+        text += f" ± {table.std.loc[row, col]:.{digits}f}"
+    return text, table.ranks().get((row, col), 0)
+
+
+def _label(table: Table, col: str) -> str:
+    if col in table.labels:
+        return table.labels[col]
+    if col.startswith(f"{BEST_ON_TEST}:"):
+        return f"{col.split(':', 1)[1]} (best epoch on test)†"
+    return col
+
+
+def _notes(table: Table) -> list[str]:
+    notes = []
+    if any(c.startswith(f"{BEST_ON_TEST}:") for c in table.values.columns):
+        notes.append("† " + BEST_ON_TEST_NOTE + ".")
+    notes.append("Bold: best reproduced value, underlined: second (the paper's red and blue); ± is the std over "
+                 "seeds (no ± for one seed; `:seeds` in the CSV).")
+    return notes
+
+
+def to_markdown(table: Table, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table with its caption and notes; NaN cells print as ``-``."""
+    cols = list(table.values.columns)
+    aligns = [":---" if c in table.text_columns else "---:" for c in cols]
+    lines = [table.caption, "",
+             "| " + " | ".join([table.values.index.name or ""] + [_label(table, c) for c in cols]) + " |",
+             "|" + "|".join(["---"] + aligns) + "|"]
+    for row in table.values.index:
+        cells = []
+        for col in cols:
+            text, rank = _cell(table, row, col, digits)
+            cells.append(f"**{text}**" if rank == 1 else f"<u>{text}</u>" if rank == 2 else text)
+        label = f"**{row}**" if row in table.rule_before else str(row)
+        lines.append("| " + " | ".join([label] + cells) + " |")
+    return "\n".join(lines + [""] + table_notes_md(table)) + "\n"
+
+
+def table_notes_md(table: Table) -> list[str]:
+    return [n + "  " for n in _notes(table)]
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped; ``±`` and ``†`` as math / text symbols."""
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return out.replace("±", r"$\pm$").replace("†", r"\textsuperscript{\dag}").replace("`", "")
+
+
+def to_latex(table: Table, digits: int = 3) -> str:
+    """A booktabs table (``\\toprule``/``\\midrule``/``\\bottomrule``); best reproduced value bold, second
+    underlined."""
+    cols = list(table.values.columns)
+    spec = "l" + "".join("l" if c in table.text_columns else "r" for c in cols)
+    head = " & ".join([latex_escape(table.values.index.name or "")] + [latex_escape(_label(table, c)) for c in cols])
+    body = []
+    for row in table.values.index:
+        if row in table.rule_before:
+            body.append(r"\midrule")
+        cells = []
+        for col in cols:
+            text, rank = _cell(table, row, col, digits)
+            text = latex_escape(text)
+            cells.append(rf"\textbf{{{text}}}" if rank == 1 else rf"\underline{{{text}}}" if rank == 2 else text)
+        body.append(" & ".join([latex_escape(row)] + cells) + r" \\")
+    notes = " ".join(latex_escape(n) for n in _notes(table))
+    return "\n".join([
+        r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\small",
+        rf"\caption{{{latex_escape(table.caption)}}}", rf"\label{{tab:{table.name}}}",
+        rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule", *body, r"\bottomrule",
+        r"\end{tabular}", rf"\par\footnotesize {notes}", r"\end{table}", ""])
+
+
+def write_outputs(table: Table, stem: str | Path) -> list[Path]:
+    """``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``."""
+    stem = Path(stem)
+    paths = [stem.with_suffix(s) for s in (".csv", ".md", ".tex")]
+    to_csv(table, paths[0])
+    paths[1].write_text(to_markdown(table))
+    paths[2].write_text(to_latex(table))
+    return paths
+
+
+def per_category_caption(runs: pd.DataFrame, dataset: str, metric: str) -> str:
+    number = "Table 2" if metric == "image_auroc" else "Pixel table (the paper's App. Table 6 is not transcribed)"
+    return (f"{number}: {METRIC_LABEL[metric]} per category on `{dataset}` (mean ± std over seeds "
+            f"{sorted(set(runs['seed']))}); `paper:*`: the paper's values for the same categories and their "
+            f"mean over the categories run here, `diff:*` = ours - paper, the paper's published all-category "
+            f"mean in its own row; {_preprocessing(runs)}")
+
+
+def build_table(spec: dict, runs: pd.DataFrame, name: str) -> Table:
+    """The table ``spec`` describes (the workflow's ``TABLE_SPECS``): ``kind`` is ``per_category``
+    (``dataset``, ``methods``, ``metric``), ``table1`` (``dataset``, ``methods``), ``table3`` (``datasets``,
+    ``methods``) or ``table4`` (``datasets``, ``labels``: method -> row label)."""
+    kind = spec["kind"]
+    if kind == "per_category":
+        ran = runs[runs["dataset"] == spec["dataset"]]
+        return per_category(ran, spec["methods"], spec["metric"], name,
+                            per_category_caption(ran[ran["method"].isin(spec["methods"])], spec["dataset"],
+                                                 spec["metric"]))
+    if kind == "table1":
+        return table1(runs[runs["dataset"] == spec["dataset"]], spec["methods"], spec["dataset"])
+    if kind == "table3":
+        return table3(runs, spec["methods"], spec["datasets"])
+    if kind == "table4":
+        return table4(runs, dict(spec["labels"]), spec["datasets"])
+    raise ValueError(f"unknown table kind {kind!r} (per_category, table1, table3, table4)")
+
+
+def write_table(spec: dict, metrics_files: list[str], stem: str, expected: dict[str, str] | None = None) -> list[Path]:
+    """Load the runs (refusing stale ones, see :func:`load_metrics`), build the table, write its three files."""
+    table = build_table(spec, load_metrics(metrics_files, expected), Path(stem).name)
+    return write_outputs(table, stem)

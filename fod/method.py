@@ -34,6 +34,7 @@ class FOD(AnomalyMethod):
 
     name = "fod"
     epoch_params = ("epochs",)
+    monitors_test = True
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(params, seed)

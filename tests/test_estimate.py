@@ -18,13 +18,16 @@ def _bench(seconds_per_epoch: float) -> dict:
 def test_the_paper_profile_in_jobs_hours_and_disk():
     config = load_config(ROOT / "config" / "paper.yaml")
     result = estimate(config, {"cpu": _bench(1.0)})
-    assert result["fit_evaluate_jobs"] == 28 * 13  # 15 + 3 + 10 categories, 13 method entries, 1 seed
+    assert result["fit_evaluate_jobs"] == 28 * 14  # 15 + 3 + 10 categories, 14 method entries, 1 seed
     assert result["images"] == (3629 + 1725) + (1799 + 741) + (2656 + 1197)
     hours = result["hours"]["cpu"]
-    # FOD: 100 epochs x 0.1 s per training image (1 s per epoch of 10) + 0.5 s per test image
+    # FOD: 100 epochs x 0.1 s per training image (1 s per epoch of 10) + 0.5 s per test image, once for the
+    # evaluation and once per epoch for the test monitoring (monitor_every: 1, the best-epoch-on-test column)
     train = 3629 + 1799 + 2656
     test = 1725 + 741 + 1197
-    assert hours["fod"] == pytest.approx((100 * 0.1 * train + 0.5 * test) / 3600)
+    assert hours["fod"] == pytest.approx((100 * 0.1 * train + 101 * 0.5 * test) / 3600)
+    assert hours["fod_paper"] == pytest.approx(hours["fod"])
+    assert hours["fod_patchwise_rec"] == pytest.approx((100 * 0.1 * train + 0.5 * test) / 3600)
     assert hours["draem"] == pytest.approx((700 * 0.1 * train + 0.5 * test) / 3600)
     assert hours["cflow"] == pytest.approx((25 * 8 * 0.1 * train + 0.5 * test) / 3600)
     assert hours["(feature extraction)"] == pytest.approx(result["images"] * 0.5 / 3600)
@@ -39,5 +42,5 @@ def test_a_device_without_a_benchmark_is_reported_not_guessed(tmp_path, capsys):
     bench.write_text(json.dumps(_bench(1.0)))
     assert main(["--benchmark", f"cpu={bench}", "--out", str(tmp_path / "e.json")]) == 0
     printed = capsys.readouterr().out
-    assert "364 fit_evaluate jobs" in printed and "cuda: not measured" in printed
+    assert "392 fit_evaluate jobs" in printed and "cuda: not measured" in printed
     assert set(json.loads((tmp_path / "e.json").read_text())["hours"]) == {"cpu"}

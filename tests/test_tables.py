@@ -4,29 +4,67 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adbench.tables import StaleRunError, to_markdown, write_table2
+from adbench.tables import PAPER_CATEGORIES, StaleRunError, Table, to_latex, to_markdown, write_table
 
 
-def _runs(tmp_path, kind, rows):
+def write_table2(paths, dataset, methods, csv_out, md_out, expected=None, metric="image_auroc"):
+    """Table 2 of ``paths`` at ``csv_out``'s stem (csv, md and tex beside each other)."""
+    spec = {"kind": "per_category", "dataset": dataset, "methods": methods, "metric": metric}
+    write_table(spec, paths, str(Path(csv_out).with_suffix("")), expected)
+
+
+def _runs(tmp_path, kind, rows, dataset="d", extra=None):
+    """metrics.json files of runs ``(category, method, seed, image_auroc)``; ``extra(row) -> dict`` adds fields."""
     paths = []
-    for i, (cat, method, seed, auroc) in enumerate(rows):
-        p = tmp_path / f"{i}.json"
-        p.write_text(json.dumps({"dataset": "d", "dataset_kind": kind, "category": cat, "method": method,
-                                 "seed": seed, "image_auroc": auroc}))
+    for i, row in enumerate(rows):
+        cat, method, seed, auroc = row
+        p = tmp_path / f"{dataset}_{i}.json"
+        record = {"dataset": dataset, "dataset_kind": kind, "category": cat, "method": method, "impl": method,
+                  "seed": seed, "image_auroc": auroc, "pixel_auroc": auroc - 0.05}
+        p.write_text(json.dumps({**record, **(extra(row) if extra else {})}))
         paths.append(str(p))
     return paths
 
 
-def test_table2_means_over_seeds_and_categories(tmp_path):
+def test_table2_means_and_stds_over_seeds(tmp_path):
     paths = _runs(tmp_path, "embedded", [("a", "x", 0, 0.8), ("a", "x", 1, 0.6), ("b", "x", 0, 1.0),
-                                         ("a", "y", 0, 0.5), ("b", "y", 0, 0.9)])
+                                         ("b", "x", 1, 0.8), ("a", "y", 0, 0.5), ("b", "y", 0, 0.9)])
     write_table2(paths, "d", ["x", "y"], tmp_path / "t.csv", tmp_path / "t.md")
     t = pd.read_csv(tmp_path / "t.csv", index_col=0)
     assert list(t.index) == ["a", "b", "mean"]
     assert t.loc["a", "x"] == pytest.approx(0.7)
-    assert t.loc["mean", "x"] == pytest.approx(0.85) and t.loc["mean", "y"] == pytest.approx(0.7)
+    assert t.loc["a", "x:std"] == pytest.approx(0.1414, abs=1e-4) and t.loc["a", "x:seeds"] == 2
+    # the mean row's std is over the per-seed category means (0.9 and 0.7), not the cells' stds
+    assert t.loc["mean", "x"] == pytest.approx(0.8) and t.loc["mean", "x:std"] == pytest.approx(0.1414, abs=1e-4)
+    assert t.loc["mean", "y"] == pytest.approx(0.7) and pd.isna(t.loc["mean", "y:std"])
+    assert t.loc["mean", "y:seeds"] == 1
     assert "paper:x" not in t.columns  # the paper has no numbers for this dataset
-    assert "| **mean** | 0.850 | 0.700 |" in (tmp_path / "t.md").read_text()
+    md = (tmp_path / "t.md").read_text()
+    assert "| **mean** | **0.800 ± 0.141** | <u>0.700</u> |" in md  # best bold, second underlined
+    assert "| a | **0.700 ± 0.141** | <u>0.500</u> |" in md
+    tex = (tmp_path / "t.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
+    assert "\\textbf{0.800 $\\pm$ 0.141} & \\underline{0.700}" in tex
+
+
+def test_a_mean_over_categories_needs_the_same_seeds_in_every_category(tmp_path):
+    paths = _runs(tmp_path, "embedded", [("a", "x", 0, 0.8), ("a", "x", 1, 0.6), ("b", "x", 0, 1.0)])
+    with pytest.raises(ValueError, match="different seeds"):
+        write_table2(paths, "d", ["x"], tmp_path / "t.csv", tmp_path / "t.md")
+
+
+def test_the_best_on_test_column_stands_beside_the_last_epoch_and_is_never_emphasised(tmp_path):
+    rows = [("a", "fod", 0, 0.6), ("a", "fod", 1, 0.7), ("a", "pc", 0, 0.9)]
+    paths = _runs(tmp_path, "embedded", rows,
+                  extra=lambda r: {"best_on_test_image_auroc": r[3] + 0.2} if r[1] == "fod" else {})
+    write_table2(paths, "d", ["pc", "fod"], tmp_path / "t.csv", tmp_path / "t.md")
+    t = pd.read_csv(tmp_path / "t.csv", index_col=0)
+    assert t.loc["a", "best_on_test:fod"] == pytest.approx(0.85) and t.loc["a", "fod"] == pytest.approx(0.65)
+    assert "best_on_test:pc" not in t
+    md = (tmp_path / "t.md").read_text()
+    assert "fod (best epoch on test)†" in md and "never the headline" in md
+    # 0.85 beats every reproduced value in the row but is not marked: only last-epoch numbers compete
+    assert "| a | **0.900** | <u>0.650 ± 0.071</u> | 0.850 |" in md
 
 
 def test_table2_puts_paper_numbers_beside_mvtec_runs(tmp_path):
@@ -72,6 +110,61 @@ def test_table2_refuses_missing_cells(tmp_path):
         write_table2(paths, "d", ["x", "y"], tmp_path / "t.csv", tmp_path / "t.md")
 
 
-def test_markdown_marks_missing_cells():
-    t = pd.DataFrame({"m": [0.5, float("nan")]}, index=pd.Index(["a", "mean"], name="category"))
-    assert "| **mean** | - |" in to_markdown(t)
+def _table(values, emphasis="row"):
+    values = pd.DataFrame(values, index=pd.Index(["a", "mean"], name="category"))
+    nan = values * float("nan")
+    return Table("t", "caption", values, list(values.columns), nan, nan, emphasis=emphasis, rule_before=["mean"])
+
+
+def test_markdown_marks_missing_cells_and_ties():
+    md = to_markdown(_table({"m": [0.5, float("nan")], "n": [0.5, 0.4], "o": [0.3, 0.2]}))
+    assert "| **mean** | - | **0.400** | <u>0.200</u> |" in md
+    assert "| a | **0.500** | **0.500** | <u>0.300</u> |" in md  # a tie shares the rank
+
+
+def test_latex_escapes_names():
+    tex = to_latex(_table({"fod_paper": [0.5, 0.6], "x&y%": [0.4, 0.7]}, emphasis="column"))
+    assert "fod\\_paper & x\\&y\\%" in tex and "\\label{tab:t}" in tex
+    assert "\\midrule\nmean & \\textbf{0.600} & \\textbf{0.700} \\\\" in tex
+
+
+def test_table1_marks_literature_rows_and_compares_only_like_with_like(tmp_path):
+    mvtec = PAPER_CATEGORIES["mvtec_ad"]
+    rows = [(c, m, 0, 0.9) for c in mvtec for m in ("patchcore", "fod")]
+    paths = _runs(tmp_path, "mvtec_ad", rows)
+    spec = {"kind": "table1", "dataset": "d", "methods": ["patchcore", "fod"]}
+    write_table(spec, paths, str(tmp_path / "t1"))
+    t = pd.read_csv(tmp_path / "t1.csv", index_col=0)
+    assert t.loc["PaDiM", "status"] == "reported, not rerun" and t.loc["PaDiM", "paper:image_auroc"] == 0.955
+    assert pd.isna(t.loc["PaDiM", "image_auroc"])
+    assert t.loc["FOD (Ours) [fod]", "image_auroc"] == pytest.approx(0.9)
+    assert t.loc["FOD (Ours) [fod]", "diff:image_auroc"] == pytest.approx(0.9 - 0.992)
+    assert t.loc["PatchCore [patchcore]", "diff:pixel_auroc"] == pytest.approx(0.85 - 0.980)
+    # a subset of the categories is not the paper's MVTec AD mean: no differences
+    write_table(spec, [p for p, r in zip(paths, rows) if r[0] != "carpet"], str(tmp_path / "t1b"))
+    sub = pd.read_csv(tmp_path / "t1b.csv", index_col=0)
+    assert sub["diff:image_auroc"].isna().all() and "no differences are computed" in (tmp_path / "t1b.md").read_text()
+
+
+def test_table3_puts_the_papers_btad_numbers_beside_a_full_btad_run(tmp_path):
+    paths = _runs(tmp_path, "btad", [(c, m, 0, 0.9) for c in ("01", "02", "03") for m in ("fod", "cflow")])
+    paths += _runs(tmp_path, "embedded", [(c, m, 0, 0.7) for c in ("brick",) for m in ("fod", "cflow")],
+                   dataset="emb")
+    write_table({"kind": "table3", "datasets": ["d", "emb"], "methods": ["cflow", "fod"]}, paths, str(tmp_path / "t3"))
+    t = pd.read_csv(tmp_path / "t3.csv", index_col=0)
+    image = "d (3 categories): image-level AUROC"
+    assert t.loc[image, "paper:fod"] == pytest.approx(0.960) and t.loc[image, "diff:fod"] == pytest.approx(-0.06)
+    assert t.loc["d (3 categories): pixel-level AUROC", "paper:cflow"] == pytest.approx(0.978)
+    assert pd.isna(t.loc["emb (1 categories): image-level AUROC", "paper:fod"])
+
+
+def test_table4_compares_a_dataset_with_the_papers_only_when_complete(tmp_path):
+    labels = {"fod_patchwise_rec": "patchwise_rec", "fod": "full"}
+    paths = _runs(tmp_path, "btad", [(c, m, s, 0.8 + 0.1 * s) for c in ("01", "02", "03") for m in labels
+                                     for s in ((0, 1) if m == "fod" else (0,))])
+    write_table({"kind": "table4", "datasets": ["d"], "labels": labels}, paths, str(tmp_path / "t4"))
+    t = pd.read_csv(tmp_path / "t4.csv", index_col=0)
+    assert list(t.index) == ["patchwise_rec", "full"]
+    assert t.loc["full", "d"] == pytest.approx(0.85) and t.loc["full", "d:std"] == pytest.approx(0.0707, abs=1e-4)
+    assert t.loc["full", "paper:btad"] == pytest.approx(0.960)
+    assert t.loc["full", "diff:d"] == pytest.approx(0.85 - 0.960)

@@ -28,7 +28,18 @@ def test_all_tables_writes_table2_with_every_category(ci_run):
     table = pd.read_csv(ci_run / "results" / "tables" / "table2.csv", index_col=0)
     assert list(table.index) == ["brick", "coins", "mean"]
     assert table.loc["mean", "patchcore"] == pytest.approx(table.loc[["brick", "coins"], "patchcore"].mean(), abs=1e-4)
-    assert list(table.columns) == ["draem", "patchsvdd", "mkd", "patchcore", "cflow", "fod"]  # the paper's order
+    ours = [c for c in table.columns if ":" not in c]
+    assert ours == ["draem", "patchsvdd", "mkd", "patchcore", "cflow", "fod", "fod_paper"]  # the paper's order
+    # fod ran seeds 0 and 1 (config/ci.yaml): mean and std over them, from the runs' metrics.json
+    runs = [json.loads((ci_run / f"results/embedded/brick/fod/seed{s}/metrics.json").read_text()) for s in (0, 1)]
+    values = [r["image_auroc"] for r in runs]
+    assert table.loc["brick", "fod"] == pytest.approx(sum(values) / 2, abs=1e-4)
+    assert table.loc["brick", "fod:std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+    assert table.loc["brick", "fod:seeds"] == 2 and table.loc["brick", "patchcore:seeds"] == 1
+    # the authors' best-epoch-on-test selection stands beside it (one epoch here: the same number)
+    assert table.loc["brick", "best_on_test:fod"] == pytest.approx(
+        sum(r["best_on_test_image_auroc"] for r in runs) / 2, abs=1e-4)
+    assert "best_on_test:patchcore" not in table
     assert "| **mean** |" in (ci_run / "results" / "tables" / "table2.md").read_text()
     table4 = pd.read_csv(ci_run / "results" / "tables" / "table4.csv", index_col=0)
     assert list(table4.index) == ["patchwise_rec", "full"]
@@ -54,7 +65,8 @@ def test_runs_are_logged_to_mlflow(ci_run):
     category = ci_run / "results" / "embedded" / "coins"
     ids = json.loads((category / "mlflow.json").read_text())
     assert set(ids) == {f"embedded/coins/{m}/seed0" for m in ("patchcore", "cflow", "mkd", "draem", "patchsvdd",
-                                                              "fod", "fod_patchwise_rec")}
+                                                              "fod", "fod_paper", "fod_patchwise_rec")} | {
+        "embedded/coins/fod/seed1"}
     metrics = json.loads((category / "fod" / "seed0" / "metrics.json").read_text())
     run_id = ids["embedded/coins/fod/seed0"]
     db = sqlite3.connect(ci_run / "results" / "mlflow.db")
@@ -178,7 +190,7 @@ def test_tables_refuse_numbers_made_with_other_settings(ci_run, tmp_path):
     shutil.copytree(ci_run / "results", work / "results", ignore=shutil.ignore_patterns("mlflow*"))
     override = tmp_path / "coreset.yaml"
     override.write_text("methods: {patchcore: {params: {coreset_ratio: 0.25}}}\n")
-    proc = snakemake(work, "results/tables/table2.csv", "--forcerun", "table2", "--rerun-triggers", "mtime",
+    proc = snakemake(work, "results/tables/table2.csv", "--forcerun", "table", "--rerun-triggers", "mtime",
                      configs=(override,))
     assert proc.returncode != 0
     assert "run(s) were made with other settings than the current config" in proc.output
@@ -225,10 +237,10 @@ def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(
     assert plan.returncode == 0, plan.output[-2000:]
     jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
     assert jobs and all("coins" not in body for _, body in jobs)
-    methods = 7  # config/ci.yaml's run.methods
+    runs = 9  # config/ci.yaml's run.methods, fod with two seeds
     assert sorted(name for name, _ in jobs) == sorted(
         ["generate_embedded", "extract_features", "extract_features", "track_category", "category_summary"]
-        + ["fit_evaluate"] * methods)
+        + ["fit_evaluate"] * runs)
     before = (ci_run / "results" / "embedded" / "brick" / "patchcore" / "seed0" / "scores.csv").read_text()
     rerun = snakemake(ci_run, "--forceall", target)
     assert rerun.returncode == 0, rerun.output[-2000:]
@@ -242,6 +254,10 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert re.search(r"Using workflow specific profile \S*profiles/default", proc.output)  # without a flag
     for category in ("brick", "grass", "gravel", "coins", "tray"):
         assert f"results/embedded/{category}/patchcore/seed0/metrics.json" in proc.stdout
+    # three seeds for Table 2's FOD rows, one for the rest (run.one_seed): 5 x (2 x 3 + 12) runs
+    assert re.search(r"^fit_evaluate\s+90$", proc.stdout, flags=re.M), proc.stdout[-3000:]
+    assert "results/embedded/tray/fod_paper/seed2/metrics.json" in proc.stdout
+    assert "results/embedded/tray/draem/seed1/" not in proc.stdout
 
 
 def test_bad_config_fails_at_once_with_the_fix(tmp_path):
@@ -260,10 +276,11 @@ def test_bad_config_fails_at_once_with_the_fix(tmp_path):
 
 
 def test_the_paper_profile_dry_runs_without_its_data_or_weights(tmp_path):
-    """All 364 fit jobs (28 categories x 13 methods) are listed; the missing data and b6 weights are named."""
+    """All 392 fit jobs (28 categories x 14 methods, one seed) are listed; the missing data and b6 weights are
+    named."""
     proc = snakemake(tmp_path, "-n", "all_tables", "--configfile", str(ROOT / "config" / "paper.yaml"), ci=False)
     assert proc.returncode == 0, proc.output[-3000:]
-    assert re.search(r"^fit_evaluate\s+364$", proc.stdout, flags=re.M), proc.stdout[-3000:]
+    assert re.search(r"^fit_evaluate\s+392$", proc.stdout, flags=re.M), proc.stdout[-3000:]
     for dataset in ("mvtec3d",):  # no url: cannot be downloaded
         assert f"datasets.{dataset}: categories" in proc.output
     assert "download_dataset" in proc.stdout  # mvtec_ad and btad have urls

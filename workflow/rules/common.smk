@@ -6,9 +6,11 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from adbench.determinism import pin_cpu_isa
+from adbench.evidence import draws_cd_diagram
 from adbench.registry import check_method_entry
 from adbench.runs import config_hash, run_config, run_folder
-from adbench.tables import ablation_label
+from adbench.runs import method_seeds as seeds_of
+from adbench.tables import EMPHASIS, ablation_label
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -31,12 +33,20 @@ def _check_config():
     for m in config["run"]["methods"]:
         if m not in config["methods"]:
             raise ValueError(f"run.methods names '{m}', which is not defined under methods: in the config")
+    for m in config["run"].get("one_seed", []):
+        if m not in config["methods"]:
+            raise ValueError(f"run.one_seed names '{m}', which is not defined under methods: in the config")
     # Each method's impl, param keys and values (e.g. epochs >= 1), before anything is prepared.
     resolved = {m: check_method_entry(m, config["methods"][m]) for m in config["run"]["methods"]}
     tables = config["tables"]
     wanted = {"tables.table2": ([tables["table2"]["dataset"]], tables["table2"]["methods"])}
-    if "table4" in tables:
-        wanted["tables.table4"] = (tables["table4"]["datasets"], tables["table4"]["methods"])
+    for name in ("table3", "table4"):
+        if name in tables:
+            wanted[f"tables.{name}"] = (tables[name]["datasets"], tables[name]["methods"])
+    reference = tables.get("significance", {}).get("reference", "fod")
+    if reference not in tables["table2"]["methods"] or len(tables["table2"]["methods"]) < 2:
+        logger.warning(f"no significance tests: they compare tables.significance.reference ('{reference}') with "
+                       f"the other methods of tables.table2 {tables['table2']['methods']}; add them there")
     for key, (datasets, methods) in wanted.items():
         for ds in datasets:
             if ds not in config["run"]["datasets"]:
@@ -138,12 +148,24 @@ def fit_inputs(wildcards):
     return {split: feature_path(wildcards.dataset, wildcards.category, split) for split in ("train", "test")}
 
 
-def category_metrics(wildcards):
+def method_seeds(method):
+    """A method's seeds (``adbench.runs.method_seeds``: ``run.seeds``, the first only if in ``run.one_seed``)."""
+    return seeds_of(config, method)
+
+
+def metrics_files(datasets, methods, categories=None):
+    """The metrics.json of every run of ``methods`` (each with its seeds) on ``datasets``."""
     return [
-        f"{run_dir(wildcards.dataset, wildcards.category, m, s)}/metrics.json"
-        for m in config["run"]["methods"]
-        for s in config["run"]["seeds"]
+        f"{run_dir(ds, c, m, s)}/metrics.json"
+        for ds in datasets
+        for c in (categories or config["datasets"][ds]["categories"])
+        for m in methods
+        for s in method_seeds(m)
     ]
+
+
+def category_metrics(wildcards):
+    return metrics_files([wildcards.dataset], config["run"]["methods"], [wildcards.category])
 
 
 def category_tracking(wildcards):
@@ -161,41 +183,101 @@ def expected_hashes(datasets, methods):
         for ds in datasets
         for c in config["datasets"][ds]["categories"]
         for m in methods
-        for s in config["run"]["seeds"]
+        for s in method_seeds(m)
     }
 
 
-def table2_metrics():
-    t2 = config["tables"]["table2"]
-    ds = t2["dataset"]
-    return [
-        f"{run_dir(ds, c, m, s)}/metrics.json"
-        for c in config["datasets"][ds]["categories"]
-        for m in t2["methods"]
-        for s in config["run"]["seeds"]
-    ]
+TABLES = f"{RESULTS}/tables"
+FIGURES = f"{RESULTS}/figures"
+TABLE2 = config["tables"]["table2"]
+TABLE3 = config["tables"].get("table3", {"datasets": config["run"]["datasets"], "methods": TABLE2["methods"]})
+TABLE4 = config["tables"].get("table4")
+SIGNIFICANCE = {"reference": "fod", "n_boot": 2000, **config["tables"].get("significance", {})}
+TABLE_FORMATS = ("csv", "md", "tex")
 
 
-def table4_metrics():
-    t4 = config["tables"]["table4"]
-    return [
-        f"{run_dir(ds, c, m, s)}/metrics.json"
-        for ds in t4["datasets"]
-        for c in config["datasets"][ds]["categories"]
-        for m in t4["methods"]
-        for s in config["run"]["seeds"]
-    ]
+def significance_files():
+    """The significance tests' outputs, when table2 holds the reference method and another one to test."""
+    if SIGNIFICANCE["reference"] in TABLE2["methods"] and len(TABLE2["methods"]) >= 2:
+        return [f"{TABLES}/significance.csv", f"{TABLES}/significance.md"]
+    return []
+
+
+def table_files(name):
+    return {fmt: f"{TABLES}/{name}.{fmt}" for fmt in TABLE_FORMATS}
+
+
+def table_names():
+    """The tables the config asks for: Table 1, 2 and the pixel table on table2's dataset, 3, and 4."""
+    return ["table1", "table2", "table2_pixel", "table3"] + (["table4"] if TABLE4 else [])
+
+
+def figure_stems():
+    """Every figure the ``figures`` rule draws (each as .png and .pdf), by name."""
+    ds = TABLE2["dataset"]
+    stems = ["heatmap_image_auroc", "heatmap_pixel_auroc"]
+    if draws_cd_diagram(len(TABLE2["methods"]), len(config["datasets"][ds]["categories"])):
+        stems.append("cd_diagram")
+    stems += [f"roc_{ds}_{c}" for c in config["datasets"][ds]["categories"]]
+    stems += [f"gallery_{ds}_{c}" for c in config["datasets"][ds]["categories"]]
+    stems += [f"training_{m}" for m in TABLE2["methods"] if config["methods"][m]["impl"] == "fod"]
+    if config["datasets"][ds]["kind"] == "mvtec_ad":  # the paper's only per-category values (Table 2)
+        stems.append("paper_scatter")
+    return stems
+
+
+def table_specs():
+    """What each table rule writes from (``adbench.tables.write_table``'s ``spec``) and which runs it reads."""
+    ds = TABLE2["dataset"]
+    specs = {
+        "table1": {"kind": "table1", "dataset": ds, "methods": TABLE2["methods"]},
+        "table2": {"kind": "per_category", "dataset": ds, "methods": TABLE2["methods"], "metric": "image_auroc"},
+        "table2_pixel": {"kind": "per_category", "dataset": ds, "methods": TABLE2["methods"],
+                         "metric": "pixel_auroc"},
+        "table3": {"kind": "table3", "datasets": TABLE3["datasets"], "methods": TABLE3["methods"]},
+    }
+    if TABLE4:
+        specs["table4"] = {"kind": "table4", "datasets": TABLE4["datasets"],
+                           "labels": {m: ablation_label(config["methods"][m]) for m in TABLE4["methods"]}}
+    return specs
+
+
+TABLE_SPECS = table_specs()
+
+
+def table_runs(name):
+    """``(datasets, methods)`` whose runs table ``name`` reads."""
+    spec = TABLE_SPECS[name]
+    datasets = spec.get("datasets", [spec.get("dataset")])
+    return datasets, spec.get("methods", list(spec.get("labels", {})))
+
+
+def table2_run_files(filename):
+    """``filename`` (scores.csv, maps.npz, run.json, metrics.json) of every run of table2's methods."""
+    return [p.replace("metrics.json", filename) for p in metrics_files([TABLE2["dataset"]], TABLE2["methods"])]
+
+
+def table2_test_features():
+    ds = TABLE2["dataset"]
+    return [feature_path(ds, c, "test") for c in config["datasets"][ds]["categories"]]
+
+
+def method_seed_map(methods):
+    return {m: list(method_seeds(m)) for m in methods}
 
 
 def all_tables_inputs():
-    outputs = [f"{RESULTS}/tables/table2.csv", f"{RESULTS}/tables/table2.md"]
-    if "table4" in config["tables"]:
-        outputs += [f"{RESULTS}/tables/table4.csv", f"{RESULTS}/tables/table4.md"]
+    outputs = [f for name in table_names() for f in table_files(name).values()]
+    outputs += significance_files()
+    outputs += [f"{FIGURES}/{stem}.{ext}" for stem in figure_stems() for ext in ("png", "pdf")]
+    outputs += [f"{RESULTS}/report.html"]
     outputs += [
         f"{RESULTS}/{ds}/{c}/summary.csv"
         for ds in config["run"]["datasets"]
         for c in config["datasets"][ds]["categories"]
     ]
+    if config["mlflow"].get("enabled", True):
+        outputs.append(f"{RESULTS}/mlflow_parent.json")
     return outputs
 
 

@@ -1,0 +1,9 @@
+from adbench.jobs import job_context
+from adbench.report import benchmark_report
+from adbench.tracking import git_commit
+
+inp, params = snakemake.input, snakemake.params
+with job_context(snakemake.log[0], snakemake.threads):
+    tables = {name: (csv, md, params.emphasis[name]) for name, csv, md in zip(params.names, inp.tables, inp.markdown)}
+    benchmark_report(tables, next(iter(inp.significance), None), list(inp.figures), snakemake.output[0],
+                     {"git commit": git_commit(), **params.provenance})
