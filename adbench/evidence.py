@@ -9,7 +9,7 @@ What ``draw_figures`` writes into ``out`` (each as ``.png`` and ``.pdf``):
   the dataset has them): image, ground truth and each method's map (first seed);
 * ``training_<method>``: per-epoch training losses (and test monitoring) of every FOD method, from run.json;
 * ``paper_scatter``: reproduced vs paper image AUROC per category, on MVTec AD only (the paper has
-  per-category values there alone).
+  per-category values there alone), when one of its categories and methods was run.
 """
 from __future__ import annotations
 
@@ -17,15 +17,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from adbench import figures
 from adbench.runs import run_folder
-from adbench.significance import friedman_nemenyi
 from adbench.tables import load_metrics, paper_reference
 
 
 def draws_cd_diagram(n_methods: int, n_categories: int) -> bool:
     """The Friedman / Nemenyi ranks behind the critical-difference diagram need 3 methods on 2 categories."""
     return n_methods >= 3 and n_categories >= 2
+
+
+def draws_paper_scatter(kind: str, categories: list[str], impls: list[str]) -> bool:
+    """The paper has per-category values (Table 2, image AUROC) for MVTec AD only: one of its categories and
+    one of its methods must have been run."""
+    if kind != "mvtec_ad":
+        return False
+    per_category, _ = paper_reference(kind, "image_auroc")
+    return bool(set(categories) & set(per_category.index)) and bool(set(impls) & set(per_category.columns))
 
 
 def _defect_kinds(kind: str) -> dict[str, str]:
@@ -46,7 +53,9 @@ def draw_figures(results: str | Path, dataset: str, categories: list[str], metho
     training curves are drawn; ``expected``: metrics.json path -> config hash, stale runs are refused
     (``adbench.tables.load_metrics``).
     """
+    from adbench import figures  # matplotlib, torch: not for the workflow's parse-time predicates above
     from adbench.features import load_split
+    from adbench.significance import friedman_nemenyi
 
     out = Path(out)
     paths = [f"{run_folder(results, dataset, c, m, s)}/metrics.json" for c in categories for m in methods
@@ -81,9 +90,9 @@ def draw_figures(results: str | Path, dataset: str, categories: list[str], metho
                      for c in categories for s in seeds_of[method]}
         written += figures.training_curves(histories, out / f"training_{method}",
                                            f"{method} on {dataset}: training losses per epoch")
-    if kind == "mvtec_ad":
+    impls = dict(zip(runs["method"], runs["impl"])) if "impl" in runs else {}
+    if draws_paper_scatter(kind, categories, [impls.get(m, m) for m in methods]):
         per_category, _ = paper_reference(kind, "image_auroc")
-        impls = dict(zip(runs["method"], runs["impl"])) if "impl" in runs else {}
         rows = [{"method": m, "category": c, "ours": means["image_auroc"].loc[c, m],
                  "paper": per_category[impls.get(m, m)].get(c) if impls.get(m, m) in per_category else None}
                 for m in methods for c in categories]

@@ -6,7 +6,7 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from adbench.determinism import pin_cpu_isa
-from adbench.evidence import draws_cd_diagram
+from adbench.evidence import draws_cd_diagram, draws_paper_scatter
 from adbench.registry import check_method_entry
 from adbench.runs import config_hash, run_config, run_folder
 from adbench.runs import method_seeds as seeds_of
@@ -221,7 +221,8 @@ def figure_stems():
     stems += [f"roc_{ds}_{c}" for c in config["datasets"][ds]["categories"]]
     stems += [f"gallery_{ds}_{c}" for c in config["datasets"][ds]["categories"]]
     stems += [f"training_{m}" for m in TABLE2["methods"] if config["methods"][m]["impl"] == "fod"]
-    if config["datasets"][ds]["kind"] == "mvtec_ad":  # the paper's only per-category values (Table 2)
+    impls = [config["methods"][m]["impl"] for m in TABLE2["methods"]]
+    if draws_paper_scatter(config["datasets"][ds]["kind"], config["datasets"][ds]["categories"], impls):
         stems.append("paper_scatter")
     return stems
 
