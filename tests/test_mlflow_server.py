@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import pytest
 
 pytest.importorskip("mlflow")
-from test_tracking import make_run  # noqa: E402
+from test_tracking import fake_outputs, make_run  # noqa: E402
 
 from adbench.tracking import log_parent, log_runs  # noqa: E402
 
@@ -208,12 +208,7 @@ def test_a_store_built_here_read_through_the_server(tmp_path):
     ids = {}
     for category in ("brick", "coins"):  # as the track_category jobs do
         ids.update(log_runs([f for f in folders if f.parent.parent.name == category], uri, experiment))
-    (results / "tables").mkdir()
-    (results / "tables" / "table2.csv").write_text("category,patchcore,fod\nbrick,0.9,0.9\ncoins,0.9,0.9\n")
-    (results / "tables" / "table2.md").write_text("| category | patchcore | fod |\n")
-    (results / "figures" / "per_category").mkdir(parents=True)
-    (results / "figures" / "heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\nheatmap")
-    (results / "figures" / "per_category" / "brick.png").write_bytes(b"\x89PNG\r\n\x1a\nbrick")
+    fake_outputs(results)
     parent = log_parent(uri, experiment, ids, {"tables": results / "tables", "figures": results / "figures"},
                         "all_tables", {"configfile": "config/ci.yaml"}, {"git_commit": "unknown"})
     artifacts = {p.relative_to(results).as_posix(): p for p in sorted(results.glob("[tf]*/**/*")) if p.is_file()}

@@ -498,6 +498,17 @@ def test_a_crash_while_moving_current_is_repaired_by_the_next_call(store, tmp_pa
     assert_complete(client, client.get_run(new.info.run_id), changed)
 
 
+def fake_outputs(results: Path) -> None:
+    """What all_tables leaves for the parent run, in small: tables/table2.{csv,md}, figures/heatmap.png and
+    figures/curves/roc.png."""
+    (results / "tables").mkdir(parents=True)
+    (results / "tables" / "table2.csv").write_text("category,fod\ntray,0.9\n")
+    (results / "tables" / "table2.md").write_text("| category | fod |\n")
+    (results / "figures" / "curves").mkdir(parents=True)
+    (results / "figures" / "heatmap.png").write_bytes(b"\x89PNG heatmap")
+    (results / "figures" / "curves" / "roc.png").write_bytes(b"\x89PNG roc")
+
+
 def artifact_tree(client, run_id: str, path: str | None = None) -> dict[str, int]:
     """``{artifact path: size in bytes}`` of every file of the run, read back through MLflow."""
     files = {}
@@ -510,12 +521,7 @@ def test_log_parent_nests_the_cells_and_logs_the_tables_and_figures(store, tmp_p
     uri, client = store
     folders = [make_run(tmp_path, c, m) for c in ("tray", "cloth") for m in ("patchcore", "fod")]
     ids = log_runs(folders, uri, "parent")
-    (tmp_path / "tables").mkdir()
-    (tmp_path / "tables" / "table2.csv").write_text("category,fod\ntray,0.9\n")
-    (tmp_path / "tables" / "table2.md").write_text("| category | fod |\n")
-    (tmp_path / "figures" / "curves").mkdir(parents=True)
-    (tmp_path / "figures" / "heatmap.png").write_bytes(b"\x89PNG heatmap")
-    (tmp_path / "figures" / "curves" / "roc.png").write_bytes(b"\x89PNG roc")
+    fake_outputs(tmp_path)
     (tmp_path / "summary-draft.txt").write_text("4 cells\n")
     artifacts = {"tables": tmp_path / "tables", "figures": tmp_path / "figures",
                  "report/summary.txt": tmp_path / "summary-draft.txt"}
