@@ -293,3 +293,14 @@ def verify_samples(samples: list[Sample], *, name: str | None = None, url: str |
             mask_size = mask.size
             mask.close()
             _check_mask_size(sample, image_size, mask_size, name, url)
+
+
+def defect_kinds(dataset_kind: str) -> dict[str, str]:
+    """Defect type -> kind (``local``, ``hard_global``, ``logical``) for datasets that define kinds: the
+    embedded one (``adbench.embedded.DEFECT_KIND``).  MVTec AD, BTAD and MVTec3D-RGB do not label their
+    defect folders by kind: empty."""
+    if dataset_kind == "embedded":
+        from adbench.embedded import DEFECT_KIND
+
+        return dict(DEFECT_KIND)
+    return {}

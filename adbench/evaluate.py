@@ -5,7 +5,9 @@ model and ``run.json`` (params, config hash, git commit, fit time, per-epoch tra
 ``evaluate_run`` scores the cached test split and writes, under
 ``results/<dataset>/<category>/<method>/seed<k>/``:
 
-* ``metrics.json``: every metric of ``adbench.metrics.evaluate`` plus the evaluation resolution, the
+* ``metrics.json``: every metric of ``adbench.metrics.evaluate`` (pooled over the test split: the
+  MVTec-comparable numbers), per defect type and kind ``adbench.metrics.per_defect`` (``defect_types``,
+  ``defect_kinds``), the evaluation resolution, the
   config hash and the git commit (the MLflow run is tagged with the same config hash and folder);
 * ``scores.csv``: one row per test image (``id, label, defect_type, score``) for significance tests;
 * ``maps.npz``: the pixel anomaly maps (float16, N x H x W) for plots; ``map_*.png``: a few of them.
@@ -24,7 +26,9 @@ import torch
 
 from adbench.determinism import kernel_provenance
 from adbench.features import cache_meta, load_split
+from adbench.datasets import defect_kinds
 from adbench.metrics import evaluate as compute_metrics
+from adbench.metrics import per_defect
 from adbench.protocol import AnomalyMethod, Prediction, device_name, resolve_device
 from adbench.registry import method_class
 from adbench.runs import config_hash, write_atomic
@@ -126,10 +130,12 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
         raise ValueError(f"{method} ({model_path}) produced non-finite scores or maps on {test_path}; "
                          f"its training losses are in {run_path} (history)")
     metrics = compute_metrics(test.labels, prediction.scores, masks, prediction.maps)
+    by_defect = per_defect(test.labels, test.defect_types, prediction.scores, masks, prediction.maps,
+                           defect_kinds(identity["dataset_kind"]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {
-        **metrics, **prediction.extra,
+        **metrics, **prediction.extra, **by_defect,
         "evaluation_resolution": test.image_size, "n_test": len(test), "n_anomalous": int(test.labels.sum()),
         "predict_seconds": predict_seconds, "fit_seconds": identity["fit_seconds"],
         "device": str(run_on), "device_name": device_name(run_on),

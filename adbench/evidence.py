@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adbench.datasets import defect_kinds
 from adbench.runs import run_folder
 from adbench.tables import load_metrics, paper_reference
 
@@ -33,15 +34,6 @@ def draws_paper_scatter(kind: str, categories: list[str], impls: list[str]) -> b
         return False
     per_category, _ = paper_reference(kind, "image_auroc")
     return bool(set(categories) & set(per_category.index)) and bool(set(impls) & set(per_category.columns))
-
-
-def _defect_kinds(kind: str) -> dict[str, str]:
-    """Defect type -> kind (local / hard_global / logical) where the dataset defines them (the embedded one)."""
-    if kind == "embedded":
-        from adbench.embedded import DEFECT_KIND
-
-        return dict(DEFECT_KIND)
-    return {}
 
 
 def draw_figures(results: str | Path, dataset: str, categories: list[str], methods: list[str],
@@ -74,7 +66,7 @@ def draw_figures(results: str | Path, dataset: str, categories: list[str], metho
     if draws_cd_diagram(len(methods), len(categories)):
         ranks = friedman_nemenyi(means["image_auroc"])
         written += figures.cd_diagram(ranks.ranks, ranks.nemenyi, ranks.cd, len(categories), out / "cd_diagram")
-    kinds = _defect_kinds(kind)
+    kinds = defect_kinds(kind)
     for category in categories:
         first = {m: run_folder(results, dataset, category, m, seeds_of[m][0]) for m in methods}
         curves = figures.load_roc_curves({m: f"{folder}/scores.csv" for m, folder in first.items()})

@@ -85,6 +85,8 @@ def summarise_category(metrics_files: list[str], out: str) -> None:
     import pandas as pd
 
     rows = [json.loads(Path(p).read_text()) for p in metrics_files]
+    # the per-defect groups (nested) stay in metrics.json and the per-defect tables; one scalar per column here
+    rows = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]
     pd.DataFrame(rows).sort_values(["method", "seed"]).to_csv(out, index=False)
 
 

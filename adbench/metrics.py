@@ -8,14 +8,15 @@ Image level (``labels``/``scores``: (N,) arrays, label 1 = anomalous):
 Pixel level (``masks``: (N, H, W) in {0, 1}, ``maps``: (N, H, W) float anomaly maps):
     the same three over all pixels flattened, plus ``aupro``, MVTec AD's area under the
     per-region-overlap curve up to a false-positive rate of 0.3, normalised to [0, 1].
-``evaluate`` returns all seven numbers in one dict.
+``evaluate`` returns all seven numbers in one dict; ``per_defect`` the image and pixel AUROC of each defect
+type and kind against the normal images.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["roc_auc", "average_precision", "f1_max", "aupro", "image_metrics", "pixel_metrics", "evaluate"]
+__all__ = ["roc_auc", "average_precision", "f1_max", "aupro", "image_metrics", "pixel_metrics", "evaluate", "per_defect"]
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -166,3 +167,40 @@ def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
 def evaluate(labels, scores, masks, maps) -> dict[str, float]:
     """All seven metrics: labels/scores (N,) image level, masks/maps (N, H, W) pixel level."""
     return {**image_metrics(labels, scores), **pixel_metrics(masks, maps)}
+
+
+def per_defect(labels, defect_types, scores, masks, maps, kinds: dict[str, str] | None = None) -> dict:
+    """Image and pixel AUROC of each defect type, and of each defect kind, against the normal images.
+
+    labels: (N,) {0, 1}; defect_types: N names (``"good"`` for normal images); scores: (N,); masks, maps:
+    (N, H, W).  A group's image AUROC ranks its anomalous images against every normal one; its pixel AUROC
+    ranks the pixels of its images and of the normal images (positives: the group's mask pixels).  So one
+    large defect type cannot stand in for the others, as it does in the pooled pixel AUROC, where every
+    anomalous pixel of the split counts once.  ``kinds`` maps a defect type to its kind (``local``,
+    ``hard_global``, ``logical``: ``adbench.embedded.DEFECT_KIND``); without it there are no kind groups.
+
+    Returns ``{"defect_types": {type: {"kind", "n", "image_auroc", "pixel_auroc"}}, "defect_kinds": {kind:
+    {"types", "n", "image_auroc", "pixel_auroc"}}}`` (numbers as floats, ``n`` the group's image count).
+    """
+    labels = _check_binary(labels, "labels")
+    types = np.asarray(defect_types)
+    if types.shape != labels.shape:
+        raise ValueError(f"{types.size} defect types for {labels.size} labels")
+    if (labels != (types != "good")).any():
+        raise ValueError("labels and defect types disagree: exactly the images of type 'good' must be normal")
+    scores, masks, maps = np.asarray(scores), np.asarray(masks), np.asarray(maps)
+    normal = ~labels
+
+    def group(members: np.ndarray) -> dict[str, float]:
+        chosen = normal | members
+        return {"n": int(members.sum()), "image_auroc": roc_auc(labels[chosen], scores[chosen]),
+                "pixel_auroc": roc_auc(masks[chosen].ravel(), maps[chosen].ravel())}
+
+    kinds = kinds or {}
+    present = sorted(set(types[labels]))
+    out = {"defect_types": {t: {"kind": kinds.get(t, "unclassified"), **group(types == t)} for t in present},
+           "defect_kinds": {}}
+    for kind in sorted({kinds[t] for t in present if t in kinds}):
+        members = [t for t in present if kinds.get(t) == kind]
+        out["defect_kinds"][kind] = {"types": members, **group(np.isin(types, members))}
+    return out

@@ -32,7 +32,7 @@ PAPER_CATEGORIES: dict[str, list[str]] = {
 }
 METRIC_LABEL = {"image_auroc": "image-level AUROC", "pixel_auroc": "pixel-level AUROC"}
 # Where each kind of table picks its bold / underlined cells: across methods in a row, or down a column.
-EMPHASIS = {"per_category": "row", "table1": "column", "table3": "row", "table4": "column"}
+EMPHASIS = {"per_category": "row", "per_defect": "row", "table1": "column", "table3": "row", "table4": "column"}
 BEST_ON_TEST = "best_on_test"
 BEST_ON_TEST_NOTE = ("`best_on_test:*` columns: the best epoch chosen on the test set, as the authors' code "
                      "does; reported for comparison only, never the headline (ours is the last epoch)")
@@ -217,6 +217,57 @@ def per_category(runs: pd.DataFrame, methods: list[str], metric: str, name: str,
     values.index.name = "category"
     return Table(name, caption, values, list(methods), std, seeds, emphasis=EMPHASIS["per_category"],
                  rule_before=rule)
+
+
+def _exploded(runs: pd.DataFrame, field: str, metric: str) -> pd.DataFrame:
+    """One row per (run, group of ``field``: ``defect_types`` or ``defect_kinds`` of metrics.json) with its
+    ``metric``; columns category, method, seed, group, kind, value."""
+    rows = []
+    for run in runs.itertuples():
+        groups = getattr(run, field, None)
+        if not isinstance(groups, dict):
+            raise ValueError(f"{run.dataset}/{run.category}/{run.method}/seed{run.seed}: metrics.json has no "
+                             f"{field} (made before per-defect metrics): rerun it")
+        for name, entry in groups.items():
+            rows.append({"category": run.category, "method": run.method, "seed": run.seed, "group": name,
+                         "kind": entry.get("kind", name), "value": entry[metric]})
+    return pd.DataFrame(rows)
+
+
+def per_defect_table(runs: pd.DataFrame, methods: list[str], metric: str, name: str, dataset: str) -> Table:
+    """Rows ``<category> / <defect type> (<kind>)`` x methods of ``metric`` (image or pixel AUROC of that
+    type against the normal images, ``adbench.metrics.per_defect``), then per defect kind the mean over
+    categories, then the pooled number (every defect at once: the MVTec-comparable one).  Mean ± std over
+    seeds."""
+    runs = runs[runs["method"].isin(methods)]
+    categories = list(dict.fromkeys(runs["category"]))
+    _require(runs, methods, categories, metric)
+    types = _exploded(runs, "defect_types", metric)
+    cells = seed_stats(types.rename(columns={"value": metric}), ["category", "group", "method"], metric)
+    labels = {}
+    for c in categories:
+        present = types[types["category"] == c][["group", "kind"]].drop_duplicates().sort_values("group")
+        for t, kind in present.itertuples(index=False):
+            labels[(c, t)] = f"{c} / {t} ({kind})"
+    kinds = _exploded(runs, "defect_kinds", metric).rename(columns={"value": metric})
+    by_kind = category_mean_stats(kinds, ["group", "method"], metric) if not kinds.empty else None
+    pooled = category_mean_stats(runs, ["method"], metric)
+    index = list(labels.values()) + [f"mean over categories: {k}" for k in sorted(set(kinds.get("group", [])))]
+    index.append("pooled over defects (mean over categories)")
+    values, std, seeds = (pd.DataFrame(index=pd.Index(index, name="defect"), dtype=float) for _ in range(3))
+    for m in methods:
+        column = {label: cells.loc[(c, t, m)] for (c, t), label in labels.items()}
+        if by_kind is not None:
+            column.update({f"mean over categories: {k}": by_kind.loc[(k, m)] for k in sorted(set(kinds["group"]))})
+        column[index[-1]] = pooled.loc[m]
+        values[m] = [column[r]["mean"] for r in index]
+        std[m] = [column[r]["std"] for r in index]
+        seeds[m] = [column[r]["seeds"] for r in index]
+    rule = [index[len(labels)]] + ([index[-1]] if len(index) > len(labels) + 1 else [])
+    caption = (f"{METRIC_LABEL[metric]} per defect type on `{dataset}` (each type's images against the normal "
+               f"ones; mean ± std over seeds), then per defect kind (mean over categories) and pooled over all "
+               f"defects, the MVTec-comparable number: there a large defect outweighs small ones")
+    return Table(name, caption, values, list(methods), std, seeds, emphasis=EMPHASIS["per_defect"], rule_before=rule)
 
 
 def table1(runs: pd.DataFrame, methods: list[str], dataset: str) -> Table:
@@ -478,8 +529,8 @@ def per_category_caption(runs: pd.DataFrame, dataset: str, metric: str) -> str:
 
 
 def build_table(spec: dict, runs: pd.DataFrame, name: str) -> Table:
-    """The table ``spec`` describes (the workflow's ``TABLE_SPECS``): ``kind`` is ``per_category``
-    (``dataset``, ``methods``, ``metric``), ``table1`` (``dataset``, ``methods``), ``table3`` (``datasets``,
+    """The table ``spec`` describes (the workflow's ``TABLE_SPECS``): ``kind`` is ``per_category`` or
+    ``per_defect`` (``dataset``, ``methods``, ``metric``), ``table1`` (``dataset``, ``methods``), ``table3`` (``datasets``,
     ``methods``) or ``table4`` (``datasets``, ``labels``: method -> row label)."""
     kind = spec["kind"]
     if kind == "per_category":
@@ -487,6 +538,9 @@ def build_table(spec: dict, runs: pd.DataFrame, name: str) -> Table:
         return per_category(ran, spec["methods"], spec["metric"], name,
                             per_category_caption(ran[ran["method"].isin(spec["methods"])], spec["dataset"],
                                                  spec["metric"]))
+    if kind == "per_defect":
+        return per_defect_table(runs[runs["dataset"] == spec["dataset"]], spec["methods"], spec["metric"], name,
+                                spec["dataset"])
     if kind == "table1":
         return table1(runs[runs["dataset"] == spec["dataset"]], spec["methods"], spec["dataset"])
     if kind == "table3":

@@ -231,6 +231,18 @@ def _make_current(client: Any, run_id: str, series: list[Any]) -> None:
                    tags=[RunTag("current", "false"), RunTag("superseded_by", run_id)])
 
 
+def _numbers(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every number of ``record`` (a metrics.json), nested groups as ``<group>.<name>.<metric>`` (e.g.
+    ``defect_types.colour.pixel_auroc``): MLflow metrics compare across runs."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
 def _cell_tags(folder: Path, identity: dict[str, Any], metrics: dict[str, Any], sha: str) -> dict[str, str]:
     """The tags of a cell run, from its run.json (``identity``) and metrics.json (``metrics``)."""
     variant = (identity.get("params") or {}).get("variant", "-")
@@ -269,8 +281,7 @@ def _log_run(client: Any, exp_id: str, folder: Path) -> tuple[str, str]:
         run_id = _retry(client.create_run, exp_id, run_name=key, tags={**tags, "current": "false"}).info.run_id
         with _finishing(client, run_id):
             params = {k: v for k, v in identity.items() if k != "history"}
-            numbers = [Metric(k, float(v), 0, 0) for k, v in metrics.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            numbers = [Metric(k, v, 0, 0) for k, v in _numbers(metrics).items()]
             curves = [Metric(name, value, 0, step or 0) for step, values in identity.get("history", [])
                       for name, value in values.items()]
             _retry(client.log_batch, run_id, metrics=numbers + curves,

@@ -13,7 +13,7 @@ import browser
 from adbench.significance import delong
 from workflow_runs import snakemake
 
-TABLES = ["table1", "table2", "table2_pixel", "table3", "table4"]
+TABLES = ["table1", "table2", "table2_pixel", "table3", "table4", "defects_image", "defects_pixel"]
 CATEGORIES = ["brick", "coins"]
 BASELINES = ["draem", "patchsvdd", "mkd", "patchcore", "cflow", "fod_paper"]  # table2's methods but fod
 
@@ -32,6 +32,12 @@ def test_every_table_in_three_formats(ci_run):
     assert table1.loc["PaDiM", "status"] == "reported, not rerun"
     assert table1.loc["FOD (Ours) [fod_paper]", "paper:image_auroc"] == pytest.approx(0.992)
     assert table1["diff:image_auroc"].isna().all()  # embedded is not MVTec AD: nothing to subtract
+    defects = pd.read_csv(tables / "defects_pixel.csv", index_col=0)
+    brick = json.loads((ci_run / "results/embedded/brick/patchcore/seed0/metrics.json").read_text())
+    assert set(brick["defect_types"]) == {"scratch", "hole", "contamination", "colour"}
+    assert defects.loc["brick / colour (hard_global)", "patchcore"] == pytest.approx(
+        brick["defect_types"]["colour"]["pixel_auroc"], abs=1e-4)
+    assert {"mean over categories: local", "mean over categories: logical"} <= set(defects.index)
     table3 = pd.read_csv(tables / "table3.csv", index_col=0)
     assert table3.loc["embedded (2 categories): image-level AUROC", "fod:seeds"] == 2
 

@@ -212,3 +212,35 @@ def test_evaluate_keys_and_ranges():
     assert out["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()))
     assert out["pixel_f1_max"] == pytest.approx(metrics.f1_max(masks.ravel(), maps.ravel()))
     assert out["pixel_aupro"] == pytest.approx(metrics.aupro(masks, maps))
+
+
+def test_per_defect_separates_a_large_subtle_defect_from_small_obvious_ones():
+    """The embedded textures' case: a large, barely visible `colour` defect dominates the pooled pixel AUROC
+    while every small local defect is found; per type the two stand apart, per kind too."""
+    rng = np.random.default_rng(0)
+    n, size = 12, 16
+    types = ["good"] * 4 + ["scratch"] * 4 + ["colour"] * 4
+    labels = np.array([t != "good" for t in types], dtype=int)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    maps = rng.normal(0, 0.1, (n, size, size))
+    for i in range(4, 8):  # small defects, clearly found
+        masks[i, 2:4, 2:4] = 1
+        maps[i, 2:4, 2:4] += 5
+    for i in range(8, 12):  # large defects, missed: their maps look normal
+        masks[i, :, :12] = 1
+    scores = maps.reshape(n, -1).max(1)
+    out = metrics.per_defect(labels, types, scores, masks, maps, {"scratch": "local", "colour": "hard_global"})
+    scratch, colour = out["defect_types"]["scratch"], out["defect_types"]["colour"]
+    assert scratch["pixel_auroc"] == 1.0 and scratch["image_auroc"] == 1.0 and scratch["kind"] == "local"
+    assert colour["pixel_auroc"] < 0.7 and colour["n"] == 4
+    pooled = metrics.roc_auc(masks.ravel(), maps.ravel())
+    assert pooled < 0.75  # the colour pixels (192 per image vs 4) decide the pooled number
+    chosen = np.array([t in ("good", "scratch") for t in types])
+    assert scratch["pixel_auroc"] == pytest.approx(roc_auc_score(masks[chosen].ravel(), maps[chosen].ravel()))
+    assert out["defect_kinds"]["local"] == {"types": ["scratch"], **{k: scratch[k] for k in ("n", "image_auroc",
+                                                                                             "pixel_auroc")}}
+    assert set(out["defect_kinds"]) == {"local", "hard_global"}
+    unlabelled = metrics.per_defect(labels, types, scores, masks, maps)
+    assert unlabelled["defect_kinds"] == {} and unlabelled["defect_types"]["colour"]["kind"] == "unclassified"
+    with pytest.raises(ValueError, match="disagree"):
+        metrics.per_defect(1 - labels, types, scores, masks, maps)

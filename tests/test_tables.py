@@ -168,3 +168,25 @@ def test_table4_compares_a_dataset_with_the_papers_only_when_complete(tmp_path):
     assert t.loc["full", "d"] == pytest.approx(0.85) and t.loc["full", "d:std"] == pytest.approx(0.0707, abs=1e-4)
     assert t.loc["full", "paper:btad"] == pytest.approx(0.960)
     assert t.loc["full", "diff:d"] == pytest.approx(0.85 - 0.960)
+
+
+def test_the_per_defect_table_lists_types_kinds_and_the_pooled_number(tmp_path):
+    def groups(row):
+        cat, method, seed, auroc = row
+        local = {"kind": "local", "n": 3, "image_auroc": auroc, "pixel_auroc": 0.9 + 0.01 * seed}
+        colour = {"kind": "hard_global", "n": 3, "image_auroc": 0.5, "pixel_auroc": 0.2}
+        return {"defect_types": {"scratch": local, "colour": colour},
+                "defect_kinds": {"local": {"types": ["scratch"], **local},
+                                 "hard_global": {"types": ["colour"], **colour}}}
+
+    paths = _runs(tmp_path, "embedded", [(c, m, s, 0.8) for c in ("a", "b") for m in ("x", "y")
+                                         for s in ((0, 1) if m == "x" else (0,))], extra=groups)
+    write_table({"kind": "per_defect", "dataset": "d", "methods": ["x", "y"], "metric": "pixel_auroc"}, paths,
+                str(tmp_path / "dp"))
+    t = pd.read_csv(tmp_path / "dp.csv", index_col=0)
+    assert list(t.index) == ["a / colour (hard_global)", "a / scratch (local)", "b / colour (hard_global)",
+                             "b / scratch (local)", "mean over categories: hard_global",
+                             "mean over categories: local", "pooled over defects (mean over categories)"]
+    assert t.loc["a / scratch (local)", "x"] == pytest.approx(0.905) and t.loc["a / scratch (local)", "x:seeds"] == 2
+    assert t.loc["mean over categories: local", "y"] == pytest.approx(0.9)
+    assert t.loc["pooled over defects (mean over categories)", "y"] == pytest.approx(0.75)  # pixel_auroc field
