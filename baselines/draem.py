@@ -361,6 +361,17 @@ def _resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     return (F.interpolate(mask, size=(size, size), mode="area") >= 0.5).to(mask.dtype)
 
 
+def lr_milestone_epochs(fractions: list[float], epochs: int) -> list[int]:
+    """The epochs after which the learning rate drops: ``fractions`` of ``epochs``, rounded to whole epochs.
+
+    The public code passes ``epochs * 0.8`` and ``epochs * 0.9`` to ``MultiStepLR`` unrounded: at its 700
+    epochs they are whole (560.0, 630.0) and fire, but at a reduced budget such as 7 epochs (5.6, 6.3) an
+    epoch count never equals them and the rate never drops.  Rounding keeps the public schedule where it
+    was whole and makes it fire at every budget.
+    """
+    return [int(round(f * epochs)) for f in fractions]
+
+
 class DRAEM(AnomalyMethod):
     """DRAEM; ``DRAEM(params, seed).fit(train).predict(test)``.  Params: :data:`DEFAULT_PARAMS`.
 
@@ -489,8 +500,8 @@ class DRAEM(AnomalyMethod):
             {"params": self.disc.parameters(), "lr": cfg["lr"]},
         ]
         opt = torch.optim.Adam(params, lr=cfg["lr"])
-        milestones = [m * epochs for m in cfg["lr_milestones"]]
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg["lr_gamma"])
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestone_epochs(cfg["lr_milestones"], epochs),
+                                                     gamma=cfg["lr_gamma"])
 
         self.recon.train()
         self.disc.train()

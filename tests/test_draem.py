@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from adbench.protocol import Split
 from baselines import anomaly_source as asrc
 from baselines.draem import (
+    lr_milestone_epochs,
     DEFAULT_PARAMS,
     DRAEM,
     PAPER_PARAMS,
@@ -243,3 +244,25 @@ def test_backbone_reconstruction_variant(tmp_path):
     method.save(tmp_path / "bb.pt")
     again = DRAEM.load(tmp_path / "bb.pt").predict(test)
     np.testing.assert_array_equal(again.maps, pred.maps)
+
+
+@pytest.mark.parametrize("epochs,milestones,final", [(700, [560, 630], 0.04), (7, [6, 6], 0.04), (2, [2, 2], 1.0)])
+def test_the_learning_rate_drops_at_every_budget(epochs, milestones, final):
+    """0.8 and 0.9 of the epochs, rounded: unrounded, 7 epochs give 5.6 and 6.3, which MultiStepLR never
+    reaches (the rate would stay at its start)."""
+    assert lr_milestone_epochs([0.8, 0.9], epochs) == milestones
+
+    def lr_after_training(points):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, points, gamma=0.2)
+        used = []
+        for _ in range(epochs):
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return used
+
+    used = lr_after_training(milestones)
+    assert used[-1] == pytest.approx(final)  # the last epoch's rate (at 2 epochs the drop comes after training)
+    if epochs == 7:
+        assert lr_after_training([0.8 * 7, 0.9 * 7])[-1] == 1.0  # the public code's float milestones: no drop
