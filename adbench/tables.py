@@ -293,7 +293,8 @@ def table1(runs: pd.DataFrame, methods: list[str], dataset: str) -> Table:
         if not ours:
             rows.append({**base, "status": "reported, not rerun", **{f"paper:{k}": v for k, v in number.items()}})
             index.append(entry.method)
-            std_rows.append({}), seed_rows.append({})
+            std_rows.append({})
+            seed_rows.append({})
         for m in ours:
             row = {**base, "status": f"reproduced here (`{m}` on `{dataset}`)"}
             for metric in ("image_auroc", "pixel_auroc"):
@@ -424,9 +425,9 @@ def to_csv(table: Table, path: str | Path) -> None:
     out.to_csv(path, float_format="%.4f")
 
 
-def _cell(table: Table, row: str, col: str, digits: int) -> tuple[str, int]:
+def _cell(table: Table, row: str, col: str, digits: int, ranks: dict[tuple[str, str], int]) -> tuple[str, int]:
     """A cell's text (``mean ± std`` for reproduced columns with more than one seed; signed for ``diff:``)
-    and its emphasis rank (0, 1 best, 2 second)."""
+    and its emphasis rank from ``ranks`` (``Table.ranks()``: 0, 1 best, 2 second)."""
     value = table.values.loc[row, col]
     if col in table.text_columns:
         return ("" if pd.isna(value) else str(value)), 0
@@ -435,7 +436,7 @@ def _cell(table: Table, row: str, col: str, digits: int) -> tuple[str, int]:
     text = f"{value:+.{digits}f}" if col.startswith("diff:") else f"{value:.{digits}f}"
     if col in table.ours and col in table.std and not pd.isna(table.std.loc[row, col]):
         text += f" ± {table.std.loc[row, col]:.{digits}f}"
-    return text, table.ranks().get((row, col), 0)
+    return text, ranks.get((row, col), 0)
 
 
 def _label(table: Table, col: str) -> str:
@@ -457,7 +458,7 @@ def _notes(table: Table) -> list[str]:
 
 def to_markdown(table: Table, digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table with its caption and notes; NaN cells print as ``-``."""
-    cols = list(table.values.columns)
+    cols, ranks = list(table.values.columns), table.ranks()
     aligns = [":---" if c in table.text_columns else "---:" for c in cols]
     lines = [table.caption, "",
              "| " + " | ".join([table.values.index.name or ""] + [_label(table, c) for c in cols]) + " |",
@@ -465,15 +466,11 @@ def to_markdown(table: Table, digits: int = 3) -> str:
     for row in table.values.index:
         cells = []
         for col in cols:
-            text, rank = _cell(table, row, col, digits)
+            text, rank = _cell(table, row, col, digits, ranks)
             cells.append(f"**{text}**" if rank == 1 else f"<u>{text}</u>" if rank == 2 else text)
         label = f"**{row}**" if row in table.rule_before else str(row)
         lines.append("| " + " | ".join([label] + cells) + " |")
-    return "\n".join(lines + [""] + table_notes_md(table)) + "\n"
-
-
-def table_notes_md(table: Table) -> list[str]:
-    return [n + "  " for n in _notes(table)]
+    return "\n".join(lines + [""] + [note + "  " for note in _notes(table)]) + "\n"
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -489,7 +486,7 @@ def latex_escape(text: str) -> str:
 def to_latex(table: Table, digits: int = 3) -> str:
     """A booktabs table (``\\toprule``/``\\midrule``/``\\bottomrule``); best reproduced value bold, second
     underlined."""
-    cols = list(table.values.columns)
+    cols, ranks = list(table.values.columns), table.ranks()
     spec = "l" + "".join("l" if c in table.text_columns else "r" for c in cols)
     head = " & ".join([latex_escape(table.values.index.name or "")] + [latex_escape(_label(table, c)) for c in cols])
     body = []
@@ -498,7 +495,7 @@ def to_latex(table: Table, digits: int = 3) -> str:
             body.append(r"\midrule")
         cells = []
         for col in cols:
-            text, rank = _cell(table, row, col, digits)
+            text, rank = _cell(table, row, col, digits, ranks)
             text = latex_escape(text)
             cells.append(rf"\textbf{{{text}}}" if rank == 1 else rf"\underline{{{text}}}" if rank == 2 else text)
         body.append(" & ".join([latex_escape(row)] + cells) + r" \\")

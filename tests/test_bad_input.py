@@ -41,6 +41,8 @@ BAD_CONFIGS = {
                     ["methods.fod.params.epochs = 0: must be >= 1 (0 epochs would train nothing)"]),
     "negative_epochs": ("methods: {mkd: {params: {epochs: -1}}}",
                         ["methods.mkd.params.epochs = -1: must be >= 1"]),
+    "unknown_one_seed": ("run: {one_seed: [patchcore, fodd]}",
+                         ["run.one_seed names 'fodd', which is not defined under methods"]),
     "zero_image_size": ("backbone: {image_size: 0}",
                         ["0 is less than the minimum of 32", "['backbone']['image_size']"]),
 }

@@ -38,6 +38,8 @@ def test_every_table_in_three_formats(ci_run):
     assert defects.loc["brick / colour (hard_global)", "patchcore"] == pytest.approx(
         brick["defect_types"]["colour"]["pixel_auroc"], abs=1e-4)
     assert {"mean over categories: local", "mean over categories: logical"} <= set(defects.index)
+    summary = pd.read_csv(ci_run / "results/embedded/brick/summary.csv")  # one scalar per column
+    assert "defect_types" not in summary and summary.image_auroc.notna().all()
     table3 = pd.read_csv(tables / "table3.csv", index_col=0)
     assert table3.loc["embedded (2 categories): image-level AUROC", "fod:seeds"] == 2
 

@@ -74,7 +74,10 @@ def make_run(root: Path, category: str, method: str, seed: int = 0, dataset: str
                "pixel_f1_max": 0.45, "pixel_aupro": 0.85, "evaluation_resolution": 64, "n_test": 20,
                "n_anomalous": 12, "predict_seconds": 0.25, "fit_seconds": 1.5, "dataset": dataset,
                "dataset_kind": "embedded", "category": category, "method": method, "seed": seed,
-               "backbone": "tf_efficientnet_lite0", "config_hash": chash, "git_commit": commit}
+               "backbone": "tf_efficientnet_lite0", "config_hash": chash, "git_commit": commit,
+               "defect_types": {"colour": {"kind": "hard_global", "n": 6, "image_auroc": 0.6, "pixel_auroc": 0.55},
+                                "scratch": {"kind": "local", "n": 6, "image_auroc": 0.9, "pixel_auroc": 0.97}},
+               "defect_kinds": {"local": {"types": ["scratch"], "n": 6, "image_auroc": 0.9, "pixel_auroc": 0.97}}}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     (folder / "map_scratch_000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + category.encode() + method.encode())
     return folder
@@ -112,6 +115,9 @@ def assert_complete(client, run, folder: Path) -> None:
     metrics = json.loads((folder / "metrics.json").read_text())
     numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     assert {k: run.data.metrics[k] for k in numbers} == pytest.approx(numbers)
+    nested = {f"{group}.{name}.{key}": float(value) for group in ("defect_types", "defect_kinds")
+              for name, entry in metrics[group].items() for key, value in entry.items() if key not in ("kind", "types")}
+    assert len(nested) == 9 and {k: run.data.metrics[k] for k in nested} == pytest.approx(nested)
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 0.25]
     identity = json.loads((folder / "run.json").read_text())
     assert run.data.params["config_hash"] == identity["config_hash"] == run.data.tags["config_hash"]

@@ -221,6 +221,12 @@ def test_adding_a_category_to_a_real_dataset_redoes_no_other_category(tmp_path):
     first = snakemake(tmp_path, "all_tables", configs=(config("brick"),))
     assert first.returncode == 0, first.output[-4000:]
     assert (tmp_path / "results/data/mvtec/brick.verified").exists()
+    # one method: nothing to test for significance, no ranks to draw, no paper category; the rest is written
+    assert "no significance tests" in first.output
+    made = {p.name for p in (tmp_path / "results").glob("*/*") if p.parent.name in ("tables", "figures")}
+    assert {"table2.csv", "defects_pixel.tex", "heatmap_image_auroc.png", "gallery_mvtec_brick.pdf"} <= made
+    assert not made & {"significance.csv", "cd_diagram.png", "paper_scatter.png"}
+    assert (tmp_path / "results/report.html").exists()
     plan = snakemake(tmp_path, "-n", "all_tables", configs=(config("brick, coins"),))
     assert plan.returncode == 0, plan.output[-2000:]
     jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
