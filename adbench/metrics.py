@@ -21,14 +21,16 @@ __all__ = ["roc_auc", "average_precision", "f1_max", "aupro", "image_metrics", "
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def _check_binary(labels, name: str) -> np.ndarray:
+def check_binary(labels, name: str) -> np.ndarray:
+    """``labels`` as a bool array; ValueError naming ``name`` when a value is not 0 or 1."""
     labels = np.asarray(labels)
     if labels.size and np.any((labels != 0) & (labels != 1)):
         raise ValueError(f"{name} must contain only 0 and 1")
     return labels.astype(bool)
 
 
-def _check_scores(scores, name: str) -> np.ndarray:
+def check_scores(scores, name: str) -> np.ndarray:
+    """``scores`` as float64; ValueError naming ``name`` when one is NaN or infinite."""
     scores = np.asarray(scores, dtype=np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"{name} contain NaN or infinite values")
@@ -49,8 +51,8 @@ def _counts(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     labels, scores: (N,) arrays.  Returns two (T,) int64 arrays, T = number of distinct scores; entry i
     counts the samples with ``score >= `` the i-th largest distinct score.
     """
-    labels = _check_binary(labels, "labels")
-    scores = _check_scores(scores, "scores")
+    labels = check_binary(labels, "labels")
+    scores = check_scores(scores, "scores")
     if labels.ndim != 1 or labels.shape != scores.shape:
         raise ValueError(f"labels and scores must be 1-D of equal length, got {labels.shape} and {scores.shape}")
     n_pos = int(labels.sum())
@@ -109,8 +111,8 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     distinct score, is integrated with the trapezoid rule up to ``fpr_limit`` (PRO linearly interpolated
     there) and divided by ``fpr_limit``, so a perfect map scores 1.0.
     """
-    masks = _check_binary(masks, "masks")
-    maps = _check_scores(maps, "maps")
+    masks = check_binary(masks, "masks")
+    maps = check_scores(maps, "maps")
     if masks.ndim != 3 or masks.shape != maps.shape:
         raise ValueError(f"masks and maps must both be (N, H, W), got {masks.shape} and {maps.shape}")
     if not 0.0 < fpr_limit <= 1.0:
@@ -182,7 +184,7 @@ def per_defect(labels, defect_types, scores, masks, maps, kinds: dict[str, str] 
     Returns ``{"defect_types": {type: {"kind", "n", "image_auroc", "pixel_auroc"}}, "defect_kinds": {kind:
     {"types", "n", "image_auroc", "pixel_auroc"}}}`` (numbers as floats, ``n`` the group's image count).
     """
-    labels = _check_binary(labels, "labels")
+    labels = check_binary(labels, "labels")
     types = np.asarray(defect_types)
     if types.shape != labels.shape:
         raise ValueError(f"{types.size} defect types for {labels.size} labels")

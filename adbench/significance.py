@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from adbench.metrics import _check_binary, _check_scores
+from adbench.metrics import check_binary, check_scores
 from adbench.runs import run_folder
 
 __all__ = ["DeLongResult", "delong_placements", "delong", "holm", "paired_bootstrap_image",
@@ -110,8 +110,8 @@ def delong(labels, scores_a, scores_b) -> DeLongResult:
 
 def _check_labelled(labels, scores, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(N,) bool labels with both classes and (N,) finite float64 scores, or a ValueError naming ``name``."""
-    labels = _check_binary(labels, "labels")
-    scores = _check_scores(scores, name)
+    labels = check_binary(labels, "labels")
+    scores = check_scores(scores, name)
     if labels.ndim != 1 or labels.shape != scores.shape:
         raise ValueError(f"labels and {name} must be 1-D of equal length, got {labels.shape} and {scores.shape}")
     if labels.all() or not labels.any():
@@ -168,8 +168,8 @@ def paired_bootstrap_pixel(masks, maps_a, maps_b, n_boot: int = 2000, seed: int 
     when normal pixels dominate; in practice far smaller (below 1e-3 at 2048 bins, see the tests).
     Returns ``(diff, lo, hi)``: the binned difference on all images and the ``level`` CI.
     """
-    masks = _check_binary(masks, "masks")
-    maps_a, maps_b = _check_scores(maps_a, "maps_a"), _check_scores(maps_b, "maps_b")
+    masks = check_binary(masks, "masks")
+    maps_a, maps_b = check_scores(maps_a, "maps_a"), check_scores(maps_b, "maps_b")
     if masks.ndim != 3 or maps_a.shape != masks.shape or maps_b.shape != masks.shape:
         raise ValueError(f"masks, maps_a and maps_b must be (N, H, W) of one shape, got "
                          f"{masks.shape}, {maps_a.shape} and {maps_b.shape}")
