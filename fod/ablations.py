@@ -11,7 +11,13 @@ inter branch exists (as in the authors' code, which ignores the intra maps at te
 branches are trained, so ``intra_inter_div`` scores by the inter maps).  The intra-only rows have no
 inter branch, so their factor comes from the intra maps against their prior at test time:
 c = softmax(-Div) over the image's tokens, where a low divergence (attention that stays local, as an
-anomalous patch's does after training) scores high (see fod.scoring).
+anomalous patch's does after training) scores high (see fod.scoring).  The ``div`` rows also report the
+raw per-token divergence as a second score (``raw_div_*_auroc`` in ``Prediction.extra``; fod/README.md).
+
+Coreset references: ``inter_coreset_recdiv`` (the paper's row) uses the coreset without the tokens'
+source cells (``coreset_positions: drop``), the reading under which the paper explains its weaker
+result; ``inter_coreset_cells_recdiv`` (not a row of the paper) keeps them, to show what the positions
+are worth (see fod.reference).
 """
 from __future__ import annotations
 
@@ -23,7 +29,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "intra_ent_div": {"intra": True, "inter": False, "score": "div"},
     "intra_ent_recdiv": {"intra": True, "inter": False, "score": "rec_div"},
     "inter_mean_recdiv": {"intra": False, "inter": True, "reference": "mean", "score": "rec_div"},
-    "inter_coreset_recdiv": {"intra": False, "inter": True, "reference": "coreset", "score": "rec_div"},
+    "inter_coreset_recdiv": {
+        "intra": False, "inter": True, "reference": "coreset", "coreset_positions": "drop", "score": "rec_div"
+    },
+    "inter_coreset_cells_recdiv": {
+        "intra": False, "inter": True, "reference": "coreset", "coreset_positions": "keep", "score": "rec_div"
+    },
     "intra_inter_div": {"intra": True, "inter": True, "reference": "mean", "score": "div"},
     "full": {"intra": True, "inter": True, "reference": "mean", "score": "rec_div"},
 }

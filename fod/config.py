@@ -17,7 +17,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "residual": False,
         "prior": "anisotropic",
         "rec": "mse_cos",
-        "entropy": "mean",
+        "token_reduction": "mean",
         "corr_score": "max_minus",
         "level_steps": "per_level",
     },
@@ -26,7 +26,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "residual": True,
         "prior": "isotropic",
         "rec": "l2_cos",
-        "entropy": "sum",
+        "token_reduction": "sum",
         "corr_score": "one_minus",
         "level_steps": "joint",
     },
@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "intra": True,
     "inter": True,
     "reference": "mean",
+    "coreset_positions": "drop",
     "score": "rec_div",
     "lambda1": 0.5,
     "lambda2": 0.5,
@@ -55,10 +56,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "variant": tuple(VARIANTS),
     "prior": ("anisotropic", "isotropic"),
     "rec": ("mse_cos", "l2_cos"),
-    "entropy": ("mean", "sum"),
+    "token_reduction": ("mean", "sum"),
     "corr_score": ("max_minus", "one_minus"),
     "level_steps": ("per_level", "joint"),
     "reference": ("mean", "coreset"),
+    "coreset_positions": ("drop", "keep"),
     "score": ("rec_div", "rec", "div"),
 }
 
@@ -72,12 +74,13 @@ class FODConfig:
     residual: bool
     prior: str
     rec: str
-    entropy: str
+    token_reduction: str
     corr_score: str
     level_steps: str
     intra: bool
     inter: bool
     reference: str
+    coreset_positions: str
     score: str
     lambda1: float
     lambda2: float

@@ -13,6 +13,12 @@ tensors are the attention map itself and its gradient.  Because the minimax sche
 detached (to train the sigma heads) and with T detached (to train the attention), it returns Div twice:
 ``div_prior`` passes gradient only to T, ``div_attn`` only to S.  One backward pass of loss1 + loss2 then
 gives exactly the gradients of the authors' two passes.
+
+``level_losses`` reduces the three per-token terms over the tokens alike (``token_reduction``): ``mean``
+(the authors' code) or ``sum`` (the paper read literally: Eq. 7 sums Ent over the rows i; Eq. 6's Div is a
+vector over the rows, summed the same way so that Eq. 8 is a scalar; Eq. 3's per-patch error likewise, so
+that Eq. 11 keeps the balance of its three terms).  ``sum`` is L times ``mean`` term by term, so the
+relative weights, and under Adam the training up to its epsilon, are the same.
 """
 from __future__ import annotations
 
@@ -138,19 +144,30 @@ class LevelLosses(NamedTuple):
     parts: dict[str, float]
 
 
+def over_tokens(per_token: torch.Tensor, reduction: str) -> torch.Tensor:
+    """(B, L) per-token loss -> scalar: the mean over the batch of each image's mean (``mean``) or sum
+    (``sum``) over its L tokens (``token_reduction``; the same reduction for rec, Div and Ent)."""
+    return per_token.mean() if reduction == "mean" else per_token.sum(-1).mean()
+
+
 def level_losses(out: LevelOutput, target: torch.Tensor, cfg: FODConfig) -> LevelLosses:
-    """Losses of one level: ``out`` from ``FODLevel`` on tokens ``target`` (B, L, C)."""
-    rec = reconstruction_error(out.recon, target, cfg.rec).mean()
+    """Losses of one level: ``out`` from ``FODLevel`` on tokens ``target`` (B, L, C).
+
+    rec (Eq. 3), Div (Eq. 6) and Ent (Eq. 7) are per-token terms, averaged over heads and layers and
+    reduced over the tokens by ``cfg.token_reduction`` (mean or sum, all three alike), then over the batch
+    by the mean.
+    """
+    reduction = cfg.token_reduction
+    rec = over_tokens(reconstruction_error(out.recon, target, cfg.rec), reduction)
     parts = {"rec": rec.item()}
     loss1, loss2 = rec, (rec if (out.intra or out.inter) else torch.zeros_like(rec))
     for branch, sign, corrs in (("intra", 1.0, out.intra), ("inter", -1.0, out.inter)):
         if not corrs:
             continue
-        terms = [correlation_terms(c) for c in corrs]
-        div_prior = torch.stack([t.div_prior.mean() for t in terms]).mean()
-        div_attn = torch.stack([t.div_attn.mean() for t in terms]).mean()
-        per_token = [t.entropy.mean(1) for t in terms]  # (B, L) per layer, averaged over heads
-        entropy = torch.stack([(e.mean(-1) if cfg.entropy == "mean" else e.sum(-1)).mean() for e in per_token]).mean()
+        terms = [correlation_terms(c) for c in corrs]  # each term (B, heads, L); mean(1): over heads
+        div_prior = torch.stack([over_tokens(t.div_prior.mean(1), reduction) for t in terms]).mean()
+        div_attn = torch.stack([over_tokens(t.div_attn.mean(1), reduction) for t in terms]).mean()
+        entropy = torch.stack([over_tokens(t.entropy.mean(1), reduction) for t in terms]).mean()
         loss1 = loss1 + sign * cfg.lambda1 * div_prior
         loss2 = loss2 - sign * cfg.lambda1 * div_attn
         if cfg.lambda2:

@@ -23,7 +23,7 @@ from fod.config import FODConfig, resolve
 from fod.losses import level_losses, reconstruction_error, token_divergence
 from fod.model import FODLevel
 from fod.reference import coreset_reference, mean_reference
-from fod.scoring import correlation_factor, image_scores, level_map, token_scores
+from fod.scoring import correlation_factor, image_scores, level_map, raw_div_scores, token_scores
 from fod.tokens import feature_tokens
 
 _EVAL_ELEMENTS = 1 << 24  # attention-map elements (per map) per scoring batch: sets the images per batch
@@ -95,9 +95,17 @@ class FOD(AnomalyMethod):
         return self
 
     def predict(self, test: Split) -> Prediction:
-        """Image scores (N,) and pixel maps (N, H, W); ``extra`` holds the best-on-test monitor numbers, if any."""
-        scores, maps = self._score(test)
-        return Prediction(scores=scores, maps=maps, extra=dict(self.monitor_best))
+        """Image scores (N,) and pixel maps (N, H, W).
+
+        ``extra`` holds the best-on-test monitor numbers, if any, and with ``score: div`` the image and pixel
+        AUROC of the raw-divergence score (``fod.scoring.raw_div_scores``) on ``test``'s labels and masks,
+        as ``raw_div_image_auroc`` / ``raw_div_pixel_auroc`` (each only when ``test`` has both classes).
+        """
+        maps, raw_div = self._maps(test, raw_div=self.config.score == "div")
+        extra = dict(self.monitor_best)
+        if raw_div is not None:
+            extra.update({f"raw_div_{kind}_auroc": v for kind, v in split_aurocs(test, raw_div).items()})
+        return Prediction(scores=image_scores(maps), maps=maps, extra=extra)
 
     def state_dict(self) -> dict[str, Any]:
         if self.levels is None:
@@ -121,11 +129,12 @@ class FOD(AnomalyMethod):
     def _reference(self, features: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.reference == "mean":
             return mean_reference(features, self.config.pool)
-        return coreset_reference(features, self.config.pool, generator)
+        return coreset_reference(features, self.config.pool, generator, self.config.coreset_positions)
 
     @torch.no_grad()
-    def _score(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
-        """(N,) image scores and (N, H, W) float32 maps at the split's image size."""
+    def _maps(self, split: Split, raw_div: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, H, W) float32 pixel maps at the split's image size, and with ``raw_div`` (needs a correlation
+        branch) the same maps of the raw-divergence token score instead of ``score`` (else None)."""
         if self.levels is None:
             raise RuntimeError("FOD has not been fitted")
         cfg = self.config
@@ -133,6 +142,7 @@ class FOD(AnomalyMethod):
         self.levels.to(dev).eval()
         size = split.image_size
         maps = torch.zeros(len(split), size, size, device=dev)
+        raw_maps = torch.zeros_like(maps) if raw_div else None
         branch = "inter" if cfg.inter else "intra"
         for level, features in zip(self.levels, split.features):
             length = level.grid[0] * level.grid[1]
@@ -142,24 +152,38 @@ class FOD(AnomalyMethod):
                 index = index.to(dev)
                 out = level(tokens)
                 rec = reconstruction_error(out.recon, tokens, cfg.rec) if cfg.score != "div" else None
-                factor = None
+                factor = divergence = None
+                if cfg.score != "rec" or raw_div:
+                    divergence = token_divergence(getattr(out, branch))
                 if cfg.score != "rec":
-                    factor = correlation_factor(token_divergence(getattr(out, branch)), branch, cfg.corr_score)
+                    factor = correlation_factor(divergence, branch, cfg.corr_score)
                 maps[index] += level_map(token_scores(rec, factor), level.grid, size)
+                if raw_maps is not None:
+                    raw_maps[index] += level_map(raw_div_scores(divergence, branch), level.grid, size)
         maps = (maps / len(self.levels)).cpu().numpy()
-        return image_scores(maps), maps
+        return maps, None if raw_maps is None else (raw_maps / len(self.levels)).cpu().numpy()
 
     def _monitor(self, split: Split, epoch: int, tracker: Tracker) -> None:
-        scores, maps = self._score(split)
-        aurocs = {
-            "image": roc_auc(split.labels, scores),
-            "pixel": roc_auc(split.masks.numpy().ravel(), maps.ravel()),
-        }
+        aurocs = split_aurocs(split, self._maps(split)[0])
+        if set(aurocs) != {"image", "pixel"}:
+            raise ValueError("the monitor split needs normal and anomalous images and pixels")
         tracker.log_metrics({f"monitor_{k}_auroc": v for k, v in aurocs.items()}, step=epoch)
         for kind, value in aurocs.items():
             if value > self.monitor_best.get(f"best_on_test_{kind}_auroc", -math.inf):
                 self.monitor_best[f"best_on_test_{kind}_auroc"] = value
                 self.monitor_best[f"best_on_test_{kind}_epoch"] = float(epoch)
+
+
+def split_aurocs(split: Split, maps: np.ndarray) -> dict[str, float]:
+    """{"image": AUROC of the image scores (``image_scores(maps)``) on ``split.labels``, "pixel": AUROC of
+    the (N, H, W) ``maps`` on ``split.masks``}, each only when both classes are present."""
+    aurocs = {}
+    if 0 < split.labels.sum() < len(split.labels):
+        aurocs["image"] = roc_auc(split.labels, image_scores(maps))
+    masks = split.masks.numpy().ravel()
+    if 0 < masks.sum() < masks.size:
+        aurocs["pixel"] = roc_auc(masks, maps.ravel())
+    return aurocs
 
 
 def build_levels(cfg: FODConfig, shapes: list[dict[str, Any]]) -> nn.ModuleList:

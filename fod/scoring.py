@@ -8,10 +8,13 @@ p = softmax(-d) over the tokens of the image:
   intra branch (used only when there is no inter branch; anomalies attend locally, so their d to the
   local prior is small): c = p, as in the authors' intra-only code.
 
-``score`` picks s = rec x c (``rec_div``), rec alone (``rec``) or c alone (``div``).  Per level, the token
-scores are reshaped to the grid and bilinearly upsampled (align_corners=True) to the image size; levels
-are averaged into the pixel map.  The image score is the max of the map after a Gaussian filter
-(sigma = 4 px); the returned map itself is unsmoothed, as the authors' pixel AUROC uses.
+``score`` picks s = rec x c (``rec_div``), rec alone (``rec``) or c alone (``div``).  ``raw_div_scores`` is
+the alternative to c alone that Table 4's "pure KL divergence" may mean: the divergence itself, d for the
+inter branch and -d for the intra branch (the same direction as c, without the per-image softmax).
+
+Per level, the token scores are reshaped to the grid and bilinearly upsampled (align_corners=True) to the
+image size; levels are averaged into the pixel map.  The image score is the max of the map after a
+Gaussian filter (sigma = 4 px); the returned map itself is unsmoothed, as the authors' pixel AUROC uses.
 """
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ def correlation_factor(divergence: torch.Tensor, branch: str, corr_score: str) -
     if branch == "intra":
         return p
     return p.amax(-1, keepdim=True) - p if corr_score == "max_minus" else 1.0 - p
+
+
+def raw_div_scores(divergence: torch.Tensor, branch: str) -> torch.Tensor:
+    """divergence: (B, L) per-token Div -> (B, L) token scores: d (inter) or -d (intra), no normalisation."""
+    return divergence if branch == "inter" else -divergence
 
 
 def token_scores(rec: torch.Tensor | None, factor: torch.Tensor | None) -> torch.Tensor:

@@ -159,14 +159,37 @@ def test_batch_gradient_is_the_mean_of_the_per_image_gradients():
         torch.testing.assert_close(g, sum(s[name] for s in singles) / len(singles), msg=name)
 
 
-def test_entropy_sum_is_tokens_times_entropy_mean_and_lambda2_zero_drops_it():
-    level, cfg_mean, tokens = small_level()
+@pytest.mark.parametrize("grid", [(3, 4), (6, 8)])
+def test_token_sum_scales_rec_div_and_ent_alike(grid):
+    """``token_reduction: sum`` (the paper variant) is L times ``mean`` for every term and every gradient,
+    so the ratio of Ent to Div (and to rec) is the same under both and does not grow with L; an entropy
+    summed over the tokens against a token-mean Div (the old paper variant) fails this by a factor L."""
+    length = grid[0] * grid[1]
+    params = {"variant": "paper", "d_model": [16], "heads": 2, "layers": 2}
+    cfg_sum, cfg_mean = resolve(params), resolve({**params, "token_reduction": "mean"})
+    assert cfg_sum.token_reduction == "sum"
+    torch.manual_seed(0)
+    level = build_levels(cfg_sum, [{"channels": 6, "grid": list(grid), "n_reference": length}])[0].double()
+    level.set_reference(torch.randn(length, 6, dtype=torch.float64), grid_positions(*grid))
+    tokens = torch.randn(2, length, 6, dtype=torch.float64)
     out = level(tokens)
-    mean = level_losses(out, tokens, cfg_mean).parts
-    summed = level_losses(out, tokens, resolve({"d_model": [16], "heads": 2, "entropy": "sum"})).parts
-    assert summed["intra_entropy"] == pytest.approx(12 * mean["intra_entropy"], rel=1e-5)
+    summed, mean = level_losses(out, tokens, cfg_sum), level_losses(out, tokens, cfg_mean)
+    assert set(summed.parts) == {"rec", "intra_div", "intra_entropy", "inter_div", "inter_entropy", "loss1", "loss2"}
+    for key, value in mean.parts.items():
+        assert summed.parts[key] == pytest.approx(length * value, rel=1e-9), key
+    ratio = summed.parts["intra_entropy"] / summed.parts["intra_div"]
+    assert ratio == pytest.approx(mean.parts["intra_entropy"] / mean.parts["intra_div"], rel=1e-9)
+    g_sum, g_mean = grads(level, summed.loss1 + summed.loss2), grads(level, mean.loss1 + mean.loss2)
+    for name, g in g_mean.items():
+        if g is not None:
+            torch.testing.assert_close(g_sum[name], length * g, msg=name)
+
+
+def test_lambda2_zero_drops_the_entropy_terms():
+    level, cfg, tokens = small_level()
+    out = level(tokens)
     no_ent = level_losses(out, tokens, resolve({"d_model": [16], "heads": 2, "lambda2": 0.0})).parts
-    with_ent = level_losses(out, tokens, cfg_mean).parts
+    with_ent = level_losses(out, tokens, cfg).parts
     expected = with_ent["loss2"] + 0.5 * (with_ent["intra_entropy"] - with_ent["inter_entropy"])
     assert no_ent["loss2"] == pytest.approx(expected, rel=1e-5)
 

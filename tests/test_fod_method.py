@@ -2,12 +2,16 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from adbench.metrics import roc_auc
 from adbench.protocol import Split
 from fod.ablations import ABLATIONS
 from fod.config import VARIANTS, resolve
 from fod.method import FOD
+from fod.prior import prior_block
+from fod.tokens import feature_tokens, grid_positions
 from synthetic import RecordingTracker
 
 SIZE = 64  # pixels; levels at strides 8 and 16 -> 8x8 and 4x4 token grids
@@ -119,7 +123,8 @@ def test_both_variants_train_with_batches(variant):
 
 def test_params_resolution():
     paper = resolve({"variant": "paper"})
-    assert (paper.pool, paper.residual, paper.prior, paper.rec, paper.entropy, paper.corr_score, paper.level_steps) == (
+    switches = ("pool", "residual", "prior", "rec", "token_reduction", "corr_score", "level_steps")
+    assert tuple(getattr(paper, key) for key in switches) == (
         False, True, "isotropic", "l2_cos", "sum", "one_minus", "joint"
     )
     assert resolve({"variant": "paper", "pool": True}).pool is True  # an explicit switch beats the preset
@@ -129,6 +134,8 @@ def test_params_resolution():
         {"nope": 1},
         {"variant": "x"},
         {"prior": "x"},
+        {"coreset_positions": "x"},
+        {"entropy": "sum"},  # replaced by token_reduction
         {"intra": False, "inter": False},  # rec_div needs a correlation branch
         {"d_model": [30, 512]},
     )
@@ -143,3 +150,63 @@ def test_ablation_param_applies_the_table4_row_over_the_budget():
     assert cfg.d_model == (8, 16) and cfg.epochs == 2
     with pytest.raises(ValueError, match="unknown FOD ablation"):
         resolve({"ablation": "nosuch"})
+
+
+def test_paper_token_sum_trains_like_token_mean():
+    """``token_reduction: sum`` multiplies each level's loss by its token count; Adam's steps are invariant
+    to that up to its epsilon, so the maps agree (the weights differ only where gradients vanish, e.g. the
+    key biases, whose gradient is zero)."""
+    paper = {**TINY, "epochs": 2, "variant": "paper"}
+    summed = FOD(paper, seed=0).fit(TRAIN).predict(TEST)
+    mean = FOD({**paper, "token_reduction": "mean"}, seed=0).fit(TRAIN).predict(TEST)
+    np.testing.assert_allclose(summed.maps, mean.maps, rtol=0, atol=1e-4 * np.abs(mean.maps).max())
+
+
+def test_table4_coreset_row_drops_the_source_cells():
+    assert resolve({}).coreset_positions == "drop"
+    dropped = FOD({**TINY, "epochs": 1, "ablation": "inter_coreset_recdiv"}, seed=0).fit(TRAIN)
+    kept = FOD({**TINY, "epochs": 1, "ablation": "inter_coreset_cells_recdiv"}, seed=0).fit(TRAIN)
+    for drop, keep, features in zip(dropped.levels, kept.levels, TRAIN.features):
+        grid = grid_positions(*features.shape[-2:])
+        assert torch.equal(drop.reference, keep.reference)  # the same coreset tokens
+        assert torch.equal(drop.reference_pos, grid) and not torch.equal(keep.reference_pos, grid)
+        tokens = feature_tokens(features[:1], pool=True)
+        assert drop(tokens).inter[0].key_pos is None  # a plain row-major reference sequence
+        assert torch.equal(keep(tokens).inter[0].key_pos, keep.reference_pos)
+
+
+def raw_div_aurocs(method: FOD, split: Split) -> dict[str, float]:
+    """The raw-divergence AUROCs recomputed from the attention maps: Div = KL(T||S) + KL(S||T) per token,
+    averaged over heads and layers, d (inter) or -d (intra), upsampled and averaged over the levels."""
+    branch = "inter" if method.config.inter else "intra"
+    maps = torch.zeros(len(split), SIZE, SIZE, dtype=torch.float64)
+    with torch.no_grad():
+        for level, features in zip(method.levels, split.features):
+            divs = []
+            for corr in getattr(level(feature_tokens(features, method.config.pool)), branch):
+                s, t = corr.attn.double(), prior_block(corr.log_fy, corr.log_fx, corr.key_pos).double()
+                divs.append(((t - s) * ((t + 1e-4).log() - (s + 1e-4).log())).sum(-1).mean(1))
+            d = torch.stack(divs).mean(0) * (1.0 if branch == "inter" else -1.0)
+            grid = d.reshape(len(split), 1, *level.grid)
+            maps += F.interpolate(grid, size=(SIZE, SIZE), mode="bilinear", align_corners=True)[:, 0]
+    maps = (maps / len(method.levels)).numpy()
+    scores = [gaussian_filter(m, sigma=4).max() for m in maps]
+    return {"raw_div_image_auroc": roc_auc(split.labels, scores),
+            "raw_div_pixel_auroc": roc_auc(split.masks.numpy().ravel(), maps.ravel())}
+
+
+@pytest.mark.parametrize("name", ["intra_ent_div", "intra_inter_div"])
+def test_div_rows_report_the_raw_divergence_aurocs_beside_the_headline(name):
+    method = FOD({**TINY, "epochs": 2, "ablation": name}, seed=0).fit(TRAIN)
+    pred = method.predict(TEST)
+    expected = raw_div_aurocs(method, TEST)
+    assert set(pred.extra) == set(expected)
+    for key, value in expected.items():
+        assert pred.extra[key] == pytest.approx(value, abs=1e-6), key
+    # the headline stays the softmax-normalised factor, a different score
+    assert pred.extra["raw_div_pixel_auroc"] != roc_auc(TEST.masks.numpy().ravel(), pred.maps.ravel())
+
+
+def test_rows_scored_with_rec_report_no_raw_divergence():
+    pred = FOD({**TINY, "epochs": 1, "ablation": "intra_ent_recdiv"}, seed=0).fit(TRAIN).predict(TEST)
+    assert pred.extra == {}

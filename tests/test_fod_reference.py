@@ -37,10 +37,24 @@ def test_greedy_k_center_picks_one_point_per_separated_cluster():
 
 def test_coreset_reference_keeps_real_tokens_and_their_cells():
     feats = torch.randn(6, 150, 3, 4)  # C > 128: distances after the random projection
-    ref, cells = coreset_reference(feats, pool=True, generator=torch.Generator().manual_seed(0))
+    ref, cells = coreset_reference(feats, pool=True, generator=torch.Generator().manual_seed(0), positions="keep")
     assert ref.shape == (12, 150) and cells.shape == (12, 2)
     tokens = feature_tokens(feats, pool=True)  # (6, 12, 150)
     for token, (row, col) in zip(ref, cells.tolist()):
         at_cell = tokens[:, row * 4 + col]
         assert (at_cell - token).abs().amax(1).min() == 0
     assert len({tuple(t.tolist()) for t in ref}) == 12  # distinct tokens
+
+
+def test_coreset_reference_drop_lays_the_same_tokens_on_the_grid_in_selection_order():
+    """``drop`` (Table 4's coreset row): the tokens of ``keep``, in greedy selection order, token k at
+    row-major cell k, whatever cell it came from."""
+    feats = torch.randn(5, 8, 4, 6)
+    kept, source = coreset_reference(feats, False, torch.Generator().manual_seed(3), positions="keep")
+    dropped, cells = coreset_reference(feats, False, torch.Generator().manual_seed(3), positions="drop")
+    assert torch.equal(dropped, kept) and torch.equal(cells, grid_positions(4, 6))
+    bank = feature_tokens(feats, pool=False).reshape(-1, 8)
+    chosen = greedy_k_center(bank, 24, torch.Generator().manual_seed(3), proj_dim=128)
+    assert torch.equal(dropped, bank[chosen])  # selection order, the first centre first
+    assert torch.equal(source, grid_positions(4, 6)[chosen % 24])
+    assert not torch.equal(source, cells)  # the source cells are not the grid in order

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from fod.scoring import correlation_factor, image_scores, level_map, token_scores
+from fod.scoring import correlation_factor, image_scores, level_map, raw_div_scores, token_scores
 
 REC = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
 DIV = torch.tensor([[0.0, 0.0, 0.0, math.log(3.0)]])  # softmax(-DIV) = [0.3, 0.3, 0.3, 0.1]
@@ -25,6 +25,20 @@ def test_eq12_paper_one_minus_softmax():
 def test_intra_factor_scores_low_divergence_high():
     factor = correlation_factor(DIV, "intra", "max_minus")
     torch.testing.assert_close(factor, torch.tensor([[0.3, 0.3, 0.3, 0.1]]))
+
+
+def test_raw_div_keeps_the_direction_and_the_scale_that_the_softmax_drops():
+    torch.testing.assert_close(raw_div_scores(DIV, "inter"), DIV)
+    torch.testing.assert_close(raw_div_scores(DIV, "intra"), -DIV)
+    # two images whose divergences differ by a constant: the softmax factor cannot tell them apart, the raw
+    # score ranks every token of the second image above the first's
+    two = torch.cat([DIV, DIV + 5.0])
+    for branch in ("intra", "inter"):
+        factor = correlation_factor(two, branch, "one_minus")
+        torch.testing.assert_close(factor[0], factor[1])
+        raw = raw_div_scores(two, branch)
+        assert torch.equal(raw[0].argsort(stable=True), factor[0].argsort(stable=True))  # same order in an image
+    assert raw_div_scores(two, "inter")[1].min() > raw_div_scores(two, "inter")[0].max()
 
 
 def test_rec_only_and_div_only():
