@@ -170,6 +170,21 @@ def test_table4_compares_a_dataset_with_the_papers_only_when_complete(tmp_path):
     assert t.loc["full", "diff:d"] == pytest.approx(0.85 - 0.960)
 
 
+def test_table4_shows_the_raw_divergence_score_of_the_div_only_rows_beside_the_headline(tmp_path):
+    labels = {"fod_intra_ent_div": "intra_ent_div", "fod": "full"}
+    rows = [(c, m, 0, 0.6 if m == "fod" else 0.5) for c in ("a", "b") for m in labels]
+    raw = {"a": 0.7, "b": 0.9}
+    paths = _runs(tmp_path, "embedded", rows,
+                  extra=lambda r: {"raw_div_image_auroc": raw[r[0]]} if r[1] == "fod_intra_ent_div" else {})
+    write_table({"kind": "table4", "datasets": ["d"], "labels": labels}, paths, str(tmp_path / "t4"))
+    t = pd.read_csv(tmp_path / "t4.csv", index_col=0)
+    assert t.loc["intra_ent_div", "d"] == pytest.approx(0.5)  # the headline stays softmax(-Div)
+    assert t.loc["intra_ent_div", "raw_div:d"] == pytest.approx(0.8)  # mean over the categories
+    assert pd.isna(t.loc["full", "raw_div:d"])
+    md = (tmp_path / "t4.md").read_text()
+    assert "raw_div" in md and "**0.600**" in md  # emphasis only among the headline column
+
+
 def test_the_per_defect_table_lists_types_kinds_and_the_pooled_number(tmp_path):
     def groups(row):
         cat, method, seed, auroc = row
