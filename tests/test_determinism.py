@@ -90,3 +90,23 @@ def test_the_gate_checks_cells_and_each_methods_aggregate(tmp_path):
     table = compare(reference, tmp_path).set_index("category")
     assert table.loc["all", "got"] == pytest.approx((0.9 + 0.7 + 0.5 + 0.3) / 4)
     assert table.loc["all", "status"] == "REGRESSED"  # 0.6 < 0.7 - 0.05
+
+
+def test_the_reference_runs_every_method_with_every_seed(tmp_path, monkeypatch):
+    """``make reference`` measures seed spreads: the CI config's ``run.one_seed`` must not cut any method to one seed."""
+    import yaml
+
+    from adbench.estimate import ROOT, load_config
+    from adbench.reference import run_ci_config
+    from adbench.runs import method_seeds
+    from snakemake.utils import update_config
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    ci = ROOT / "config" / "ci.yaml"
+    run_ci_config(tmp_path, ci, [0, 1, 2, 3, 4], "avx2")
+    config = load_config(ci)
+    update_config(config, yaml.safe_load((tmp_path / "override.yaml").read_text()))
+    assert calls and str(tmp_path / "override.yaml") in calls[0]
+    assert {m: method_seeds(config, m) for m in config["run"]["methods"]} == {
+        m: [0, 1, 2, 3, 4] for m in config["run"]["methods"]}
