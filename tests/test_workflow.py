@@ -262,7 +262,8 @@ def test_dry_run_of_the_default_config(tmp_path):
         assert f"results/embedded/{category}/patchcore/seed0/metrics.json" in proc.stdout
     # three seeds for FOD, one for the rest (run.one_seed): 5 x (3 + 13) runs
     assert re.search(r"^fit_evaluate\s+80$", proc.stdout, flags=re.M), proc.stdout[-3000:]
-    assert "results/embedded/tray/fod_paper/seed2/metrics.json" in proc.stdout
+    assert "results/embedded/tray/fod/seed2/metrics.json" in proc.stdout
+    assert "results/embedded/tray/fod_paper/seed1/metrics.json" not in proc.stdout
     assert "results/embedded/tray/draem/seed1/" not in proc.stdout
 
 
