@@ -40,6 +40,7 @@ FLOOR = 0.01
 
 def run_ci_config(work: Path, config: Path, seeds: list[int], cpu_isa: str) -> Path:
     """``snakemake all_tables`` on ``config`` with ``seeds`` and ``cpu_isa`` in ``work``; returns ``work``."""
+    work = work.resolve()  # Snakemake runs in ``work``: a relative path (the Makefile's) would resolve twice
     work.mkdir(parents=True, exist_ok=True)
     override = work / "override.yaml"
     # every method runs every seed (the config's run.one_seed would leave most cells with one)

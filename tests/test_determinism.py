@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -110,3 +111,18 @@ def test_the_reference_runs_every_method_with_every_seed(tmp_path, monkeypatch):
     assert calls and str(tmp_path / "override.yaml") in calls[0]
     assert {m: method_seeds(config, m) for m in config["run"]["methods"]} == {
         m: [0, 1, 2, 3, 4] for m in config["run"]["methods"]}
+
+
+def test_the_reference_accepts_a_relative_work_folder(tmp_path, monkeypatch):
+    """The Makefile passes ``--work build/reference``; Snakemake runs inside that folder, so every path handed
+    to it must still name the override file from there (a relative one would be looked up twice nested)."""
+    from adbench.estimate import ROOT
+    from adbench.reference import run_ci_config
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw["cwd"])))
+    monkeypatch.chdir(tmp_path)
+    run_ci_config(Path("build/reference/avx2"), ROOT / "config" / "ci.yaml", [0], "avx2")
+    (cmd, cwd), = calls
+    override = Path(cwd, cmd[cmd.index("--configfile") + 2])
+    assert override.is_file() and override == tmp_path / "build/reference/avx2/override.yaml"
