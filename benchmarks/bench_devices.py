@@ -37,7 +37,7 @@ from adbench.protocol import IMAGENET_MEAN, IMAGENET_STD, Split, device_name, re
 from adbench.registry import IMPLEMENTATIONS, method_class
 
 FOD_BUDGETS = {
-    "default": {"d_model": [64, 128], "layers": 2, "heads": 4},  # config/config.yaml's fod_budget
+    "default": {"d_model": [64, 128], "layers": 1, "heads": 4},  # config/config.yaml's fod_budget
     "paper": {"d_model": [256, 512], "layers": 3, "heads": 8},  # config/paper.yaml
 }
 

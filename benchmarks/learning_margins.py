@@ -229,16 +229,8 @@ def case_embedded(impl, params=None, category=None, key=None):
 
 #: Other budgets and categories for the methods that do not learn the embedded data at the test's budget (not
 #: asserted anywhere; run with ``--cases``): the numbers behind test_methods_on_embedded.NOT_LEARNING.
-_FOD = {"d_model": [64, 128], "layers": 2, "heads": 4, "progress": False}
 OTHER_BUDGETS = {
-    "draem_coins_12x4": ("draem", {"epochs": 12, "batch_size": 4, "progress": False}, "coins"),
-    "draem_brick": ("draem", {"epochs": 4, "progress": False}, "brick"),
-    "draem_brick_12x4": ("draem", {"epochs": 12, "batch_size": 4, "progress": False}, "brick"),
-    "fod_coins_lr1e-3": ("fod", {**_FOD, "epochs": 2, "lr": 1e-3}, "coins"),
-    "fod_coins_lr1e-3_3ep": ("fod", {**_FOD, "epochs": 3, "lr": 1e-3}, "coins"),
-    "fod_coins_lr1e-3_4ep": ("fod", {**_FOD, "epochs": 4, "lr": 1e-3}, "coins"),
-    "fod_brick": ("fod", {**_FOD, "epochs": 2}, "brick"),
-    "fod_brick_lr1e-3": ("fod", {**_FOD, "epochs": 2, "lr": 1e-3}, "brick"),
+    "draem_brick": ("draem", {"progress": False}, "brick"),  # the default budget on the other easy category
 }
 
 
