@@ -10,7 +10,7 @@ model and ``run.json`` (params, config hash, git commit, fit time, per-epoch tra
   ``defect_kinds``), the evaluation resolution, the
   config hash and the git commit (the MLflow run is tagged with the same config hash and folder);
 * ``scores.csv``: one row per test image (``id, label, defect_type, score``) for significance tests;
-* ``maps.npz``: the pixel anomaly maps (float16, N x H x W) for plots; ``map_*.png``: a few of them.
+* ``maps.npz``: the pixel anomaly maps (N x H x W, float16 relative to their maximum: ``adbench.runs.write_maps``) for plots; ``map_*.png``: a few of them.
 
 ``adbench.tracking.log_runs`` then logs the folder to MLflow.
 """
@@ -32,7 +32,7 @@ from adbench.metrics import evaluate as compute_metrics
 from adbench.metrics import per_defect
 from adbench.protocol import AnomalyMethod, Prediction, device_name, resolve_device
 from adbench.registry import method_class
-from adbench.runs import config_hash, write_atomic
+from adbench.runs import config_hash, write_atomic, write_maps
 from adbench.tracking import RecordingTracker, git_commit
 
 
@@ -155,7 +155,7 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
                                     "config_hash", "git_commit", "cpu_isa", "cpu_capability", "preprocess")},
     }
     _write_scores(out_dir / "scores.csv", test, prediction.scores)
-    np.savez_compressed(out_dir / "maps.npz", maps=prediction.maps.astype(np.float16), ids=np.asarray(test.ids))
+    write_maps(out_dir / "maps.npz", prediction.maps, test.ids)
     _map_images(prediction, test, out_dir)
     write_atomic(out_dir / "metrics.json", json.dumps(record, indent=1, sort_keys=True))  # last: its presence
     # means the run folder is complete

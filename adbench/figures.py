@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from adbench.runs import read_maps
+
 AUROC_RANGE = (0.5, 1.0)
 MONITOR_AXIS_LABEL = "test AUROC (monitoring, not used for selection)"
 KIND_ORDER = ("local", "global", "hard_global", "logical")  # other kinds follow, sorted by name
@@ -331,10 +333,10 @@ def load_maps(npz_paths: dict[str, str | Path], ids: list[str]) -> dict[str, np.
     """method -> its float32 (N, H, W) maps from a run's ``maps.npz``, checked to follow ``ids`` (test order)."""
     out = {}
     for method, path in npz_paths.items():
-        with np.load(path) as blob:
-            if [str(i) for i in blob["ids"]] != list(ids):
-                raise ValueError(f"{path}: its ids differ from the test split's; rerun the method on this split")
-            out[method] = blob["maps"].astype(np.float32)
+        maps, map_ids = read_maps(path)
+        if map_ids != list(ids):
+            raise ValueError(f"{path}: its ids differ from the test split's; rerun the method on this split")
+        out[method] = maps
     return out
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from adbench.metrics import check_binary, check_scores
-from adbench.runs import run_folder
+from adbench.runs import read_maps, run_folder
 
 __all__ = ["DeLongResult", "delong_placements", "delong", "holm", "paired_bootstrap_image",
            "paired_bootstrap_pixel", "wilcoxon_per_baseline", "FriedmanNemenyi", "friedman_nemenyi",
@@ -397,15 +397,15 @@ def _check_pair(ref, base, ids: list[str], shape: tuple[int, ...], cache: Path) 
 
 def _load_run(folder: Path):
     """``(scores.csv frame, (N, H, W) float32 maps, scores.csv path)`` of one run folder; the ids stored
-    with the maps must be those of scores.csv, in order.  Map values beyond float16's range were stored as
-    ±inf; they become ±70000 (past every finite float16), which keeps their order, all an AUROC uses."""
+    with the maps must be those of scores.csv, in order.  Files written before ``adbench.runs.write_maps``
+    scaled the maps may hold ±inf where values passed float16's range; they become ±70000 (past every
+    finite float16), which keeps their order, all an AUROC uses."""
     scores_file, maps_file = folder / "scores.csv", folder / "maps.npz"
     for f in (scores_file, maps_file):
         if not f.exists():
             raise FileNotFoundError(f"{f} is missing: run it first (`snakemake {folder}/metrics.json`)")
     scores = pd.read_csv(scores_file)
-    with np.load(maps_file) as blob:
-        maps, map_ids = blob["maps"].astype(np.float32), blob["ids"].tolist()
+    maps, map_ids = read_maps(maps_file)
     if map_ids != scores["id"].tolist() or maps.shape[0] != len(scores):
         raise ValueError(f"{maps_file} and {scores_file} hold different images (ids or order): the folder "
                          f"mixes two runs; rerun it (`snakemake --force {folder}/metrics.json`)")

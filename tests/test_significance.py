@@ -379,3 +379,25 @@ def test_compare_runs_keeps_the_order_of_float16_overflow(tmp_path):
                        n_boot=50).iloc[0]
     cflow = np.load(f"{run_folder(tmp_path, 'ds', 'c1', 'cflow', 0)}/maps.npz")["maps"].astype(np.float32)
     assert row.pixel_auroc_diff == pytest.approx(1 - roc_auc_score(masks.reshape(-1), cflow.reshape(-1)), abs=1e-3)
+
+
+@pytest.mark.parametrize("magnitude", [1e-7, 1.0, 1e6])
+def test_maps_npz_keeps_tiny_and_huge_maps_to_float16_precision(tmp_path, magnitude):
+    """write_maps stores float16 relative to the maps' maximum: a pixel AUROC computed from the file equals
+    the float32 one however small (PatchSVDD's ~1e-6) or large the values; unscaled float16 loses both."""
+    from adbench.runs import read_maps, write_maps
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 16, 16), dtype=np.uint8)
+    masks[3:, 4:9, 4:9] = 1
+    maps = (np.exp(rng.normal(size=masks.shape) + 1.5 * masks) * magnitude).astype(np.float32)
+    write_maps(tmp_path / "maps.npz", maps, [f"i{k}" for k in range(6)])
+    loaded, ids = read_maps(tmp_path / "maps.npz")
+    assert ids == [f"i{k}" for k in range(6)] and loaded.dtype == np.float32
+    np.testing.assert_allclose(loaded, maps, rtol=1e-3, atol=np.abs(maps).max() * 2**-24)
+    exact = roc_auc_score(masks.ravel(), maps.ravel())
+    assert roc_auc_score(masks.ravel(), loaded.ravel()) == pytest.approx(exact, abs=1e-4)
+    if magnitude != 1.0:  # the old unscaled float16 (inf or subnormals) is measurably off, or unusable
+        with np.errstate(over="ignore"):
+            raw = maps.astype(np.float16).astype(np.float32)
+        assert not np.isfinite(raw).all() or abs(roc_auc_score(masks.ravel(), raw.ravel()) - exact) > 1e-3
