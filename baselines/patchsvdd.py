@@ -61,12 +61,17 @@ Adapted
 Reduced budget (:data:`DEFAULT_PARAMS`, for the embedded benchmark on 2 CPU cores)
 -------------------------------------------------------------------------------
 ``width`` (first-layer width, public 32) -> 16, ``epochs`` 300 -> 12, ``repeat`` 100 -> 4, ``batch_size``
-64 -> 32, ``lr`` 1e-4 -> 1e-3, ``lambda`` 1 -> 1e-3 (the value of the public README's example): with ~100
-updates instead of tens of thousands, lambda = 1 lets the SVDD term collapse the (initially tiny)
-embeddings before the position task starts to learn, and the loss stays at chance level (measured on
-synthetic data); ``test_strides`` -> (8, 8) at 128 px instead of the scaled (8, 2) (sixteen times fewer
-small-scale patches in the memory bank and the queries: the exact nearest-neighbour search is the
-dominant test cost on a CPU).  Everything else is unchanged.
+64 -> 32; ``lr`` (1e-4) and ``lambda`` (1) keep the public values.  At ~100 updates the position task
+stays at chance level (loss ln 8 throughout on gravel and tray; even after 320 updates at lr 1e-3 only the
+big scale of the objects starts to learn, to ~1.9), so a larger lr buys no learning: lr 1e-3 random-walks
+the weights (Adam moves each by ~lr per step) and degrades the features (mean image AUROC over seeds 0-2
+on the embedded default: 0.757 at lr 1e-3 and lambda 1e-3, 0.818 at the public 1e-4 and 1), and lambda = 1
+collapses the big-scale embeddings at lr 1e-3 (constant maps) but not at 1e-4, where the SVDD term only
+shrinks them (map values 1e-7 .. 1e-3).  So at this budget PatchSVDD scores with the SVDD-shrunk
+features of a barely trained encoder, not with a learned position task: a limit of the budget (the
+module matches the public code), stated with its numbers in baselines/README.md.  ``test_strides`` -> (8, 8) at 128 px instead of the scaled (8, 2)
+(sixteen times fewer small-scale patches in the memory bank and the queries: the exact nearest-neighbour
+search is the dominant test cost on a CPU).  Everything else is unchanged.
 """
 from __future__ import annotations
 
@@ -103,11 +108,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "width": 16,  # first-layer width of the small encoder (public 32)
     "hier_width": 128,  # hidden width of the hierarchical layer (public 128)
     "classifier_width": 128,
-    "lambda": 1e-3,
+    "lambda": 1.0,
     "epochs": 12,
     "repeat": 4,
     "batch_size": 32,
-    "lr": 1e-3,
+    "lr": 1e-4,
     "noise_std": 0.02,
     "combine": "mult",  # mult (published), sum, big, small
     "backbone_stride": 8,
