@@ -38,7 +38,10 @@ train_path, test_path, impl, params = sys.argv[1], sys.argv[2], sys.argv[3], jso
 train, test = load_split(train_path), load_split(test_path)
 torch.manual_seed(0)
 start = time.perf_counter()
-pred = method_class(impl)(params, seed=0).fit(train).predict(test)
+method = method_class(impl)(params, seed=0)
+# as fit_evaluate: a method that monitors the test split (FOD's monitor_every) is handed it
+monitor = {"monitor": test} if params.get("monitor_every") and method.monitors_test else {}
+pred = method.fit(train, **monitor).predict(test)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "image_auroc": roc_auc(test.labels, pred.scores), **kernel_provenance()}))
 """
