@@ -25,3 +25,7 @@ rule all_tables:
     input:
         all_tables_inputs(),
     default_target: True
+
+
+onsuccess:
+    print_reproduction()

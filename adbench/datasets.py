@@ -4,7 +4,10 @@ Every layout is turned into the same flat, sorted list of :class:`Sample` record
 suite never looks at folder names.  Layouts (``<cat>`` is a category folder directly under ``root``):
 
 * ``mvtec_ad`` / ``embedded``: ``<cat>/train/good/*.png``, ``<cat>/test/<good|defect>/*.png``,
-  masks ``<cat>/ground_truth/<defect>/<stem>_mask.png``.
+  masks ``<cat>/ground_truth/<defect>/<stem>_mask.png``.  The embedded set also has a ``validation``
+  split (``<cat>/validation/<good|defect>/*.png``, masks ``<cat>/validation_ground_truth/<defect>/``,
+  ``adbench.embedded.MASK_FOLDERS``) for choosing budgets without the test split; only
+  ``list_samples(..., split="validation")`` reads it, and the workflow never asks for it.
 * ``btad``: ``<cat>/train/ok/*``, ``<cat>/test/{ok,ko}/*`` (.bmp or .png), masks
   ``<cat>/ground_truth/ko/<stem>.png`` (``.bmp`` for product 03).  ``ok`` becomes defect type ``"good"``.
 * ``mvtec3d``: ``<cat>/{train,test}/<label>/rgb/*.png``, masks ``<cat>/test/<label>/gt/<stem>.png``;
@@ -28,7 +31,8 @@ from PIL import Image
 from tqdm import tqdm
 
 KINDS = ("embedded", "mvtec_ad", "btad", "mvtec3d")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # the splits every layout has, which the workflow prepares and reads
+VALIDATION = "validation"  # the embedded set's third split (budgets.py's); no other layout is read with it
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 _NORMAL_NAMES = {"good": "good", "ok": "good"}
 
@@ -125,15 +129,18 @@ def list_samples(kind: str, root: Path, category: str, split: str, *, name: str 
                  url: str | None = None) -> list[Sample]:
     """All samples of one split of one category, sorted by id.
 
-    ``name`` and ``url`` (the dataset's config entry) only word the fix in error messages.
+    ``split``: ``train``, ``test``, or (``embedded`` only) ``validation``.  ``name`` and ``url`` (the
+    dataset's config entry) only word the fix in error messages.
 
     Raises:
         DatasetError: the category or split folder is missing, the split holds no images, or an
             anomalous test image has no mask file.
     """
     _check_kind(kind)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if split == VALIDATION and kind != "embedded":
+        raise ValueError(f"split {split!r} is read for the embedded set only, not for kind {kind!r}")
+    if split not in (*SPLITS, VALIDATION):
+        raise ValueError(f"unknown split {split!r}; expected one of {(*SPLITS, VALIDATION)}")
     fix = _fix(kind, name, url)
     cat_dir = Path(root) / category
     if not cat_dir.is_dir():
@@ -146,6 +153,11 @@ def list_samples(kind: str, root: Path, category: str, split: str, *, name: str 
     if not split_dir.is_dir():
         raise DatasetError(f"split folder {split_dir} does not exist; the copy is incomplete: {fix}")
 
+    truth = "ground_truth"  # MVTec AD's mask folder (test split)
+    if split == VALIDATION:
+        from adbench.embedded import MASK_FOLDERS
+
+        truth = MASK_FOLDERS[VALIDATION]
     samples = []
     for label_dir in _subdirs(split_dir):
         folder = label_dir / "rgb" if kind == "mvtec3d" else label_dir
@@ -161,7 +173,7 @@ def list_samples(kind: str, root: Path, category: str, split: str, *, name: str 
                 elif kind == "btad":
                     mask_dir, mask_stem = cat_dir / "ground_truth" / label_dir.name, image.stem
                 else:
-                    mask_dir, mask_stem = cat_dir / "ground_truth" / label_dir.name, f"{image.stem}_mask"
+                    mask_dir, mask_stem = cat_dir / truth / label_dir.name, f"{image.stem}_mask"
                 mask = _find_mask(mask_dir, mask_stem)
                 if mask is None:
                     raise DatasetError(

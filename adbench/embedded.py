@@ -14,15 +14,32 @@ Defects cover the three kinds the FOD paper discusses:
 * hard global: ``colour`` (a subtle colour/contrast change over a large region);
 * logical (objects only; every part stays locally normal): ``missing``, ``duplicated``, ``misplaced``.
 
-Every anomalous image has a pixel mask.  Output layout (exactly MVTec AD's)::
+Every anomalous image has a pixel mask.  Output layout: MVTec AD's, plus a validation split in folders
+that MVTec-layout readers never open (they read ``train``, ``test`` and ``ground_truth`` only)::
 
     <root>/<category>/train/good/000.png
     <root>/<category>/test/<good|defect>/000.png
     <root>/<category>/ground_truth/<defect>/000_mask.png
+    <root>/<category>/validation/<good|defect>/000.png
+    <root>/<category>/validation_ground_truth/<defect>/000_mask.png
+
+The validation split is for choosing budgets, learning rates and thresholds (``benchmarks/budgets.py``)
+without looking at the test split: it has the test split's defect mix and per-defect count rule, and its
+own sizes (``n_val_good``, ``n_val_anomalous``; by default the test split's).  Its images draw from
+their own generators (the split name is part of each generator's seed), so no validation image equals a
+test image.  Texture crops: train and test crops come from disjoint column bands of each photograph
+(``TEXTURE_BANDS``); a third disjoint band would need narrower test or train bands, which would change
+the test and train images (and every committed reference number), so validation crops are drawn the
+way test crops are, from the test band, at other random positions, scales, rotations, tints and noise.
+Validation images thus stand to the training images exactly as test images do (no pixel-identical twin
+in train); they overlap the test crops' source pixels, not their images.  Object images have no such
+issue: every placement, rotation, shading and defect is drawn afresh.
 
 Generation is deterministic: each image draws from its own ``numpy`` generator seeded by
 (seed, category, split, defect, index), and PNGs are written without timestamps, so the same seed gives
-byte-identical files.  Images are ``size`` x ``size`` RGB (default 256 px).
+byte-identical files.  Writing the validation split (or not: ``generate_category(..., splits=...)``)
+changes no train or test file (``tests/test_embedded.py`` checks them against hashes of the generator
+before the split existed).  Images are ``size`` x ``size`` RGB (default 256 px).
 """
 from __future__ import annotations
 
@@ -52,15 +69,40 @@ DEFECT_KIND = {
 GENERATOR_VERSION = 1
 
 
+SPLITS = ("train", "test", "validation")
+#: Where each split's masks go, under ``<root>/<category>``: the test split's in MVTec AD's place, the
+#: validation split's in a sibling folder no MVTec-layout reader opens.
+MASK_FOLDERS = {"test": "ground_truth", "validation": "validation_ground_truth"}
+
+
 @dataclass(frozen=True)
 class EmbeddedConfig:
-    """Sizes of one generated category. ``n_test_anomalous`` is split evenly over the defect types."""
+    """Sizes of one generated category (image counts; ``size`` in px).
+
+    ``n_test_anomalous`` (and ``n_val_anomalous``) is split evenly over the defect types, rounded up per
+    type.  ``n_val_good`` / ``n_val_anomalous``: the validation split's sizes; ``None`` (the default)
+    means the test split's.  They are not keys of the workflow's config (its ``generator`` mapping, part
+    of every run's config hash), so the defaults live here.
+    """
 
     seed: int = 0
     size: int = 256
     n_train: int = 60
     n_test_good: int = 20
     n_test_anomalous: int = 30
+    n_val_good: int | None = None
+    n_val_anomalous: int | None = None
+
+    def counts(self, split: str) -> tuple[int, int]:
+        """(normal, anomalous) image counts of ``split``; train has no anomalous images."""
+        if split == "train":
+            return self.n_train, 0
+        if split == "test":
+            return self.n_test_good, self.n_test_anomalous
+        if split == "validation":
+            return (self.n_test_good if self.n_val_good is None else self.n_val_good,
+                    self.n_test_anomalous if self.n_val_anomalous is None else self.n_val_anomalous)
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -124,8 +166,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
 
 # Train and test crops come from disjoint column bands of the photograph (train: columns [0, 288),
 # test: [288, 512)), like different pieces of the same material: no test patch has a pixel-identical twin
-# among the training patches.  Each crop is rotated a little, rescaled and flipped.
-TEXTURE_BANDS = {"train": (0, 288), "test": (288, 512)}
+# among the training patches.  Validation crops share the test band (see the module docstring: a third
+# band would change the train or test images).  Each crop is rotated a little, rescaled and flipped.
+TEXTURE_BANDS = {"train": (0, 288), "test": (288, 512), "validation": (288, 512)}
 TEXTURE_CROP = 160  # native pixels per crop side before rescaling to ``size``
 MAX_ROTATION = {"brick": 4.0, "grass": 180.0, "gravel": 180.0}  # degrees; bricks keep their courses level
 
@@ -330,7 +373,12 @@ def _object_sample(category, defect, rng, size):
 
 
 def sample(category: str, split: str, defect: str, index: int, cfg: EmbeddedConfig):
-    """One image (size, size, 3) float32 in [0, 1] and its mask (size, size) bool, or None if normal."""
+    """One image (size, size, 3) float32 in [0, 1] and its mask (size, size) bool, or None if normal.
+
+    ``split``: one of ``SPLITS``; it seeds the image's generator, so splits never share an image.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = _rng(cfg, category, split, defect, index)
     if category in OBJECTS:
         img, mask = _object_sample(category, defect, rng, cfg.size)
@@ -351,20 +399,31 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG", optimize=False, compress_level=6)
 
 
-def generate_category(root: Path, category: str, cfg: EmbeddedConfig = EmbeddedConfig()) -> dict[str, int]:
+def generate_category(root: Path, category: str, cfg: EmbeddedConfig = EmbeddedConfig(),
+                      splits: tuple[str, ...] = SPLITS) -> dict[str, int]:
     """Write one category under ``root/category`` (into a temp folder, renamed when complete).
+
+    ``splits``: which of ``SPLITS`` to write (default all three; ``benchmarks/budgets.py`` writes
+    ``("train", "validation")`` only, so it cannot read a test image).  Each image's content depends on
+    (seed, category, split, defect, index) only, never on which other splits are written.
 
     Returns the number of images per ``split/defect``.
     """
     import shutil
 
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"splits {splits!r}: choose one or more of {SPLITS}")
     final = Path(root) / category
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     defects = defects_of(category)
-    per_defect = math.ceil(cfg.n_test_anomalous / len(defects))
-    plan = [("train", "good", cfg.n_train), ("test", "good", cfg.n_test_good)]
-    plan += [("test", d, per_defect) for d in defects]
+    plan = []
+    for split in (s for s in SPLITS if s in splits):  # a fixed order, whatever the caller's
+        n_good, n_anomalous = cfg.counts(split)
+        plan.append((split, "good", n_good))
+        if split != "train":
+            plan += [(split, d, math.ceil(n_anomalous / len(defects))) for d in defects]
     counts = {}
     for split, defect, n in plan:
         for i in range(n):
@@ -372,8 +431,8 @@ def generate_category(root: Path, category: str, cfg: EmbeddedConfig = EmbeddedC
             _save_png((img * 255 + 0.5).astype(np.uint8), tmp / split / defect / f"{i:03d}.png")
             if mask is not None:
                 if not mask.any():
-                    raise RuntimeError(f"empty mask for {category}/{defect}/{i}: generator bug")
-                _save_png(mask.astype(np.uint8) * 255, tmp / "ground_truth" / defect / f"{i:03d}_mask.png")
+                    raise RuntimeError(f"empty mask for {category}/{split}/{defect}/{i}: generator bug")
+                _save_png(mask.astype(np.uint8) * 255, tmp / MASK_FOLDERS[split] / defect / f"{i:03d}_mask.png")
         counts[f"{split}/{defect}"] = n
     meta = {"generator_version": GENERATOR_VERSION, "config": cfg.__dict__, "counts": counts,
             "defect_kinds": {d: DEFECT_KIND[d] for d in defects}}
@@ -387,12 +446,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--category", action="append", choices=CATEGORIES, help="repeatable; default: all")
-    for name, default in EmbeddedConfig().__dict__.items():
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="default: all")
+    fields = EmbeddedConfig().__dict__
+    for name, default in fields.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     a = p.parse_args(argv)
-    cfg = EmbeddedConfig(a.seed, a.size, a.n_train, a.n_test_good, a.n_test_anomalous)
+    cfg = EmbeddedConfig(**{name: getattr(a, name) for name in fields})
     for cat in a.category or CATEGORIES:
-        print(cat, generate_category(a.root, cat, cfg))
+        print(cat, generate_category(a.root, cat, cfg, tuple(a.splits)))
 
 
 if __name__ == "__main__":

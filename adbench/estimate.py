@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
+from adbench.runs import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,15 +57,6 @@ def passes(impl: str, params: dict) -> int:
 def cache_bytes_per_image(backbone: str, size: int) -> int:
     features = sum(c * (size // s) ** 2 for c, s in zip(LEVEL_CHANNELS[backbone], STRIDES)) * 4
     return features + size * size * 3 + size * size
-
-
-def load_config(path: Path) -> dict:
-    """``config/config.yaml`` updated with ``path``, as Snakemake merges them."""
-    from snakemake.utils import update_config
-
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    update_config(config, yaml.safe_load(Path(path).read_text()))
-    return config
 
 
 def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:

@@ -12,11 +12,18 @@ model and ``run.json`` (params, config hash, git commit, fit time, per-epoch tra
 * ``scores.csv``: one row per test image (``id, label, defect_type, score``) for significance tests;
 * ``maps.npz``: the pixel anomaly maps (N x H x W, float16 relative to their maximum: ``adbench.runs.write_maps``) for plots; ``map_*.png``: a few of them.
 
+``metrics.json`` also records the SHA-256 of ``scores.csv`` and ``maps.npz`` (``scores_sha256``,
+``maps_sha256``), which every reader checks (``adbench.integrity.read_metrics``).
+
+Degenerate outputs are errors, not numbers: a method whose image scores or pixel maps are constant over
+the test split (``adbench.protocol.constant_output``), or whose ``fit`` finds its embedding collapsed,
+stops the job with a ``CollapseError`` naming the method's config name, the category, the files and the
+method's own ``collapse_hint``; nothing is written for it.
+
 ``adbench.tracking.log_runs`` then logs the folder to MLflow.
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -27,10 +34,11 @@ import torch
 
 from adbench.determinism import kernel_provenance
 from adbench.features import cache_meta, load_split
+from adbench.integrity import file_digests, write_scores
 from adbench.datasets import defect_kinds
 from adbench.metrics import evaluate as compute_metrics
 from adbench.metrics import per_defect
-from adbench.protocol import AnomalyMethod, Prediction, device_name, resolve_device
+from adbench.protocol import AnomalyMethod, CollapseError, Prediction, constant_output, device_name, resolve_device
 from adbench.registry import method_class
 from adbench.runs import config_hash, write_atomic, write_maps
 from adbench.tracking import RecordingTracker, git_commit
@@ -76,7 +84,10 @@ def fit_run(cfg: dict[str, Any], category: str, train_path: Path, model_path: Pa
             raise ValueError(f"{cfg['method']}: monitor_every needs the test split")
         kwargs["monitor"] = load_split(test_path)
     start = time.perf_counter()
-    model.fit(train, tracker=tracker, **kwargs)
+    try:
+        model.fit(train, tracker=tracker, **kwargs)
+    except CollapseError as err:  # the method knows what collapsed, the runner where
+        raise err.located(cfg["method"], cfg["impl"], category, {"training split": train_path}) from err
     fit_seconds = time.perf_counter() - start
     model.save(model_path)
     identity = {**params, "fit_seconds": fit_seconds, "image_size": cache_meta(train_path)["image_size"],
@@ -111,15 +122,22 @@ def _map_images(prediction: Prediction, test, out_dir: Path, count: int = 4) -> 
     return paths
 
 
-def _write_scores(path: Path, test, scores: np.ndarray) -> None:
-    """``scores.csv``: columns id, label, defect_type, score (float64, shortest round-trip repr), one row
-    per test image in split order.  Written with the csv module: importing pandas here would add a second
-    to each of the workflow's ~120 jobs."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["id", "label", "defect_type", "score"])
-        for row in zip(test.ids, test.labels.tolist(), test.defect_types, np.asarray(scores, np.float64).tolist()):
-            writer.writerow(row)
+def check_not_degenerate(prediction: Prediction, model: AnomalyMethod, identity: dict[str, Any],
+                         files: dict[str, Any]) -> None:
+    """Refuse a prediction whose image scores (N,) or pixel maps (N, H, W) are constant over the test split
+    (``constant_output``): it would be reported as an AUROC of exactly 0.5.
+
+    ``identity``: the run's run.json (``method``, ``impl``, ``category``); ``files``: ``{role: path}`` for
+    the message.  Raises ``CollapseError`` with ``model.collapse_hint`` (each method states its own).
+    """
+    found = [f"its {what} are constant over the {len(prediction.scores)} test images (min {values.min():.6g}, "
+             f"max {values.max():.6g})"
+             for what, values in (("image scores", prediction.scores), ("pixel maps", prediction.maps))
+             if constant_output(values)]
+    if found:
+        method = identity.get("method", model.name)
+        raise CollapseError(" and ".join(found), model.collapse_hint, method, identity.get("impl", model.name),
+                            identity.get("category"), files)
 
 
 def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Path,
@@ -141,6 +159,8 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
     if not (np.isfinite(prediction.scores).all() and np.isfinite(prediction.maps).all()):
         raise ValueError(f"{method} ({model_path}) produced non-finite scores or maps on {test_path}; "
                          f"its training losses are in {run_path} (history)")
+    check_not_degenerate(prediction, model, identity, {"model": model_path, "test split": test_path,
+                                                       "training losses": f"{run_path} (history)"})
     metrics = compute_metrics(test.labels, prediction.scores, masks, prediction.maps)
     by_defect = per_defect(test.labels, test.defect_types, prediction.scores, masks, prediction.maps,
                            defect_kinds(identity["dataset_kind"]))
@@ -154,8 +174,9 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
         **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "impl", "seed", "backbone",
                                     "config_hash", "git_commit", "cpu_isa", "cpu_capability", "preprocess")},
     }
-    _write_scores(out_dir / "scores.csv", test, prediction.scores)
+    write_scores(out_dir / "scores.csv", test.ids, test.labels.tolist(), test.defect_types, prediction.scores)
     write_maps(out_dir / "maps.npz", prediction.maps, test.ids)
+    record.update(file_digests(out_dir))  # what every reader checks (adbench.integrity)
     _map_images(prediction, test, out_dir)
     write_atomic(out_dir / "metrics.json", json.dumps(record, indent=1, sort_keys=True))  # last: its presence
     # means the run folder is complete

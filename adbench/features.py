@@ -26,7 +26,8 @@ def extract_split(
     batch_size: int = 16, progress: bool = True, *, name: str | None = None, url: str | None = None,
     device: str | torch.device | None = None, preprocess: str = "squash",
 ) -> Split:
-    """Decode, resize and run ``backbone`` over every image of one split.
+    """Decode, resize and run ``backbone`` over every image of one split (``train``, ``test``, or the
+    embedded set's ``validation``: ``adbench.datasets.list_samples``).
 
     ``device`` (the config's ``device`` setting): where the backbone runs (it is moved there first);
     ``None`` leaves it where it is.  The features come back to the CPU batch by batch: the cache, and the

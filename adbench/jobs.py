@@ -82,9 +82,13 @@ def extract_features(source: dict, category: str, split: str, backbone: str, ima
 
 
 def summarise_category(metrics_files: list[str], out: str) -> None:
+    """``out``: one CSV row per run of a category (the scalar fields of each metrics.json), read through
+    ``adbench.integrity.read_metrics``, which refuses a run folder whose files disagree with its metrics.json."""
     import pandas as pd
 
-    rows = [json.loads(Path(p).read_text()) for p in metrics_files]
+    from adbench.integrity import read_metrics
+
+    rows = read_metrics(metrics_files)
     # the per-defect groups (nested) stay in metrics.json and the per-defect tables; one scalar per column here
     rows = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]
     pd.DataFrame(rows).sort_values(["method", "seed"]).to_csv(out, index=False)

@@ -213,6 +213,62 @@ def check_finite_losses(method: str, epoch: int, terms: Mapping[str, Any], step:
         f"method's lr")
 
 
+#: How many units in the last place (of the values' own float type) the largest and smallest value of an
+#: output may differ by relative to their magnitude and still count as equal in ``constant_output``.
+CONSTANT_ULPS = 4
+
+
+def constant_output(values: np.ndarray) -> bool:
+    """True when every value of ``values`` (any shape, finite) is the same up to rounding in its own
+    precision: ``max - min <= CONSTANT_ULPS * eps * max(|max|, |min|)``, ``eps`` of its dtype (float32 maps
+    1.2e-7, float64 scores 2.2e-16; exact for integers), all zeros included.  Such scores or maps rank every
+    image or pixel alike, which ``adbench.metrics.roc_auc`` reports as exactly 0.5.  Tiny but real
+    differences are not constant: CFLOW's image scores at the CI budget span a relative 1e-9 (the split's
+    largest likelihood minus each image's smallest, ~exp(-20)) and rank the images (AUROC 0.59)."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return False
+    eps = float(np.finfo(values.dtype).eps) if np.issubdtype(values.dtype, np.floating) else 0.0
+    low, high = float(values.min()), float(values.max())
+    return high - low <= CONSTANT_ULPS * eps * max(abs(high), abs(low))
+
+
+class CollapseError(ValueError):
+    """A method's output is degenerate: its image scores or pixel maps are constant over the test split
+    (``constant_output``), or its embedding collapsed during training.  Any AUROC of it would be chance
+    dressed up as a number (constant scores give exactly 0.5), so the run stops instead of reporting one.
+
+    A method raises it from ``fit`` with what collapsed and its ``collapse_hint``; the runner
+    (``adbench.evaluate``) re-raises it ``located``: with the method's config name, the category and the
+    files involved.
+
+    Attributes:
+        what: what is degenerate, with its numbers (e.g. ``its pixel maps are constant over the 20 test
+            images (min 0, max 0)``).
+        hint: what to change; ``{name}`` in it stands for the method's config name (``methods.<name>``).
+        method: the method's config name (its registry name until located).
+        impl: its registered implementation, or None.
+        category: the category, or None until located.
+        files: ``{role: path}`` of the files involved (e.g. ``{"model": ".../model.pt"}``).
+    """
+
+    def __init__(self, what: str, hint: str, method: str, impl: str | None = None, category: str | None = None,
+                 files: Mapping[str, Any] | None = None) -> None:
+        self.what, self.hint, self.method, self.impl, self.category = what, hint, method, impl, category
+        self.files = {role: str(path) for role, path in (files or {}).items()}
+        where = method + (f" (impl {impl})" if impl and impl != method else "")
+        where += f", category {category}" if category else ""
+        listed = "; ".join(f"{role}: {path}" for role, path in self.files.items())
+        super().__init__(
+            f"{where}: {what}.  A constant output ranks every image and pixel alike (AUROC exactly 0.5): not a "
+            f"result, so nothing was reported." + (f"  Files: {listed}." if listed else "")
+            + f"  What to change: {hint.replace('{name}', method)}.  Then rerun this cell.")
+
+    def located(self, method: str, impl: str, category: str, files: Mapping[str, Any]) -> "CollapseError":
+        """The same collapse with the runner's context: config name, impl, category, and more ``files``."""
+        return CollapseError(self.what, self.hint, method, impl, category, {**self.files, **files})
+
+
 class DeviceError(ValueError):
     """The ``device`` setting is not a device name, or names a device this machine does not have."""
 
@@ -295,6 +351,17 @@ class AnomalyMethod(ABC):
     #: ``monitor_every``: the authors' best-epoch-on-test numbers, reported beside the last epoch's); the
     #: runner hands the test split only to such a method, and only when ``monitor_every`` is set.
     monitors_test: ClassVar[bool] = False
+    #: What to change when the method's output collapses (``CollapseError``: scores or maps constant over the
+    #: test split, or a collapsed embedding), naming the params that cause it; ``{name}`` stands for the
+    #: method's config name.  Each trained method states its own; this is the generic advice.
+    collapse_hint: ClassVar[str] = (
+        "check methods.{name}.params (learning rate, epoch counts, loss weights) and the per-epoch training "
+        "losses in run.json (history): a network that outputs one value everywhere has found a trivial "
+        "solution or has not trained; a constant feature cache (features/<dataset>/<category>/...) does it too")
+    #: The learning check's configurations (``adbench.learning.budgets``; tests/test_learning.py runs them on the
+    #: CI data): name (``default``, or e.g. a variant) -> ``{"params": a fit of seconds, "trains": whether fit
+    #: takes optimiser steps, "bars": {statistic: bar}}``.  Every registered method must declare one.
+    learning_budget: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         self.params: dict[str, Any] = dict(params or {})

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def run_folder(results: str | Path, dataset: str, category: str, method: str, seed: int) -> str:
     """``<results>/<dataset>/<category>/<method>/seed<k>``: where one run's files live."""
@@ -42,6 +44,20 @@ def run_config(config: dict, dataset: str, method: str, seed: int, params: dict[
         "params": params,
         "seed": seed,
     }
+
+
+def load_config(*paths: str | Path) -> dict:
+    """``config/config.yaml`` with ``paths`` laid over it in order, as ``snakemake --configfile`` merges
+    them (``config/config.yaml`` itself among ``paths`` is skipped: it is already the base)."""
+    import yaml
+    from snakemake.utils import update_config
+
+    base = ROOT / "config" / "config.yaml"
+    config = yaml.safe_load(base.read_text())
+    for path in paths:
+        if Path(path).resolve() != base.resolve():
+            update_config(config, yaml.safe_load(Path(path).read_text()) or {})
+    return config
 
 
 def method_seeds(config: dict, method: str) -> list[int]:

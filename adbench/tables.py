@@ -15,12 +15,13 @@ the paper marks them in red and blue.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from adbench.integrity import read_metrics
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 # Every category of the datasets the paper reports on (dataset kind -> folder names).
@@ -63,12 +64,16 @@ class StaleRunError(ValueError):
 
 
 def load_metrics(paths: list[str | Path], expected: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per run: every field of its metrics.json.
+    """One row per run: every field of its metrics.json.  The one loader of every table, figure and
+    significance job.
 
-    ``expected`` maps metrics.json paths to the config hash the current config gives them
-    (``adbench.runs.config_hash``); a file whose recorded hash differs raises :class:`StaleRunError`.
+    Each run folder is checked first (``adbench.integrity.read_metrics``): the SHA-256 of its scores.csv
+    and maps.npz must be those metrics.json records, and its image AUROC that of scores.csv's scores
+    (within 1e-12), else :class:`adbench.integrity.TamperedRunError` names the files.  ``expected`` maps
+    metrics.json paths to the config hash the current config gives them (``adbench.runs.config_hash``); a
+    file whose recorded hash differs raises :class:`StaleRunError`.
     """
-    rows = [json.loads(Path(p).read_text()) for p in paths]
+    rows = read_metrics(paths)
     stale = [(p, r.get("config_hash"), expected[str(p)]) for p, r in zip(paths, rows)
              if expected is not None and str(p) in expected and r.get("config_hash") != expected[str(p)]]
     if stale:

@@ -44,6 +44,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, TypeVar
 
+from adbench.integrity import read_metrics
+
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
@@ -298,7 +300,12 @@ def log_runs(run_dirs: list[Path], tracking_uri: str, experiment: str) -> dict[s
 
     Returns ``{run_key: mlflow_run_id}``: the FINISHED run with these exact metrics, logged now or before,
     now its cell's ``current`` run.
+
+    Every folder is checked before the store is opened (``adbench.integrity.read_metrics``, as the tables
+    do): one whose scores.csv or maps.npz differs from the digests its metrics.json records, or whose
+    image AUROC is not that of its scores.csv, raises ``TamperedRunError`` naming it, and nothing is logged.
     """
+    read_metrics([Path(folder) / "metrics.json" for folder in run_dirs])
     ids = {}
     with _store(tracking_uri) as client:
         exp_id = _experiment_id(client, experiment, tracking_uri)

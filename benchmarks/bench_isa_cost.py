@@ -8,6 +8,10 @@ shared machine hits both alike.  Reports medians over ``--repeats`` and the rati
 whether the two settings gave the same image AUROC.  Writes JSON and markdown.
 
     python benchmarks/bench_isa_cost.py --out results/benchmarks/isa_cost.json
+    python benchmarks/bench_isa_cost.py --quick    # a tiny check that it runs
+
+``--quick``: one repeat of FOD alone (the one method handed the test split to monitor) at the sizes and
+budgets of ``config/ci.yaml`` (its generator, resolution and method params over the default's).
 """
 from __future__ import annotations
 
@@ -73,16 +77,27 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--category", default="brick")
     p.add_argument("--weights-dir", type=Path, default=ROOT / "results" / "weights")
-    p.add_argument("--methods", nargs="+", default=["patchcore", "cflow", "mkd", "draem", "patchsvdd", "fod"])
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="config entries (default: patchcore cflow mkd draem patchsvdd fod; with --quick: fod)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny run that only checks the script works: 1 repeat, FOD only, config/ci.yaml's sizes")
     a = p.parse_args()
+    from snakemake.utils import update_config
+
     from adbench.embedded import EmbeddedConfig, generate_category
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    generator = EmbeddedConfig()
+    if a.quick:
+        update_config(config, yaml.safe_load((ROOT / "config" / "ci.yaml").read_text()))
+        generator = EmbeddedConfig(**config["datasets"]["embedded"]["generator"])
+        a.repeats = 1
+    a.methods = a.methods or (["fod"] if a.quick else ["patchcore", "cflow", "mkd", "draem", "patchsvdd", "fod"])
     size = config["backbone"]["image_size"]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        generate_category(tmp / "data", a.category, EmbeddedConfig())
+        generate_category(tmp / "data", a.category, generator)
         for setting in SETTINGS:
             (tmp / setting).mkdir()
             subprocess.run([sys.executable, "-c", EXTRACT, str(tmp / "data"), a.category, str(size),
@@ -109,7 +124,8 @@ def main() -> None:
                 "runs": runs,
             }
             print(method, {k: v for k, v in rows[method].items() if k != "runs"}, flush=True)
-    result = {"category": a.category, "image_size": size, "repeats": a.repeats, "torch_threads": 1, "methods": rows}
+    result = {"category": a.category, "image_size": size, "repeats": a.repeats, "torch_threads": 1, "quick": a.quick,
+              "methods": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1))
     lines = ["| method | pinned AVX2 (s) | native (s) | pinned / native | image AUROC pinned | native |",

@@ -7,6 +7,7 @@ embedded default (128 px), the image and pixel AUROC of the 10% coreset next to 
 full memory bank.  Writes JSON and markdown.
 
     python benchmarks/bench_patchcore.py --out results/benchmarks/patchcore_fit.json
+    python benchmarks/bench_patchcore.py --quick    # a tiny check that it runs (make bench BENCH_ARGS=--quick)
 """
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ from adbench.metrics import evaluate
 from baselines.patchcore import PatchCore
 
 
-def coreset_vs_exact(backbone: Backbone, size: int = 128) -> list[dict]:
+def coreset_vs_exact(backbone: Backbone, size: int = 128, categories: tuple[str, ...] = CATEGORIES,
+                     generator: EmbeddedConfig | None = None) -> list[dict]:
     """Per embedded category (default generator): AUROCs with the 10% coreset and with the full bank."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for category in CATEGORIES:
-            generate_category(Path(tmp), category, EmbeddedConfig())
+        for category in categories:
+            generate_category(Path(tmp), category, generator or EmbeddedConfig())
             train, test = (extract_split("embedded", Path(tmp), category, s, backbone, size, progress=False)
                            for s in ("train", "test"))
             row = {"category": category}
@@ -52,7 +54,12 @@ def main() -> None:
     p.add_argument("--images", type=int, default=50)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--weights-dir", type=Path, default=Path("results/weights"))
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny run that only checks the script works: 1 repeat of 8 images at 64 px; the coreset "
+                        "comparison on brick alone, with config/ci.yaml's generator sizes")
     a = p.parse_args()
+    if a.quick:
+        a.repeats, a.images, a.size = 1, 8, 64
     with tempfile.TemporaryDirectory() as tmp:
         generate_category(Path(tmp), "brick", EmbeddedConfig(size=256, n_train=a.images, n_test_good=1,
                                                              n_test_anomalous=4))
@@ -73,7 +80,9 @@ def main() -> None:
         "extract_seconds": extract, "fit_seconds": fit, "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor()} ({torch.get_num_threads()} threads)",
         "target_seconds": 20.0,
-        "coreset_vs_exact_128px": coreset_vs_exact(backbone),
+        "quick": a.quick,
+        "coreset_vs_exact_128px": (coreset_vs_exact(backbone, 128, ("brick",), EmbeddedConfig(
+            size=128, n_train=16, n_test_good=8, n_test_anomalous=12)) if a.quick else coreset_vs_exact(backbone)),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1))

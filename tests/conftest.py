@@ -53,10 +53,12 @@ def embedded_splits(embedded_root, backbone):
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory) -> Path:
     """The workflow on config/ci.yaml (``all_tables``) in a scratch folder, once per test session; the
-    workflow, SLURM and regression tests compare against it."""
+    workflow, SLURM and golden-file tests compare against it.  What Snakemake printed is kept in
+    ``<work>/snakemake.out``."""
     from workflow_runs import snakemake
 
     work = tmp_path_factory.mktemp("workflow")
     proc = snakemake(work, "all_tables")
+    (work / "snakemake.out").write_text(proc.output)
     assert proc.returncode == 0, proc.output[-4000:]
     return work

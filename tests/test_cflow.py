@@ -1,4 +1,8 @@
-"""Tests of the CFLOW-AD baseline (baselines.cflow) on the small synthetic split of tests/synthetic.py."""
+"""Tests of the CFLOW-AD baseline (baselines.cflow) on the small synthetic split of tests/synthetic.py.
+
+Whether CFLOW learns is tests/test_learning.py's question (on the CI data, against chance and against its
+untrained flows): on this split untrained flows already rank the magenta square first (image AUROC 1.0, pixel
+0.97 over seeds 0-4), so an AUROC here says nothing about training."""
 from __future__ import annotations
 
 import math
@@ -7,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from adbench import metrics
 from adbench.protocol import Split
 from baselines.cflow import DEFAULT_PARAMS, PAPER_PARAMS, CFlow, CouplingBlock, positional_encoding_2d
 from synthetic import SIZE, assert_round_trip, fit_and_predict, synthetic_split
@@ -77,13 +80,6 @@ def test_training_loss_decreases_and_is_tracked(fitted):
     assert [step for _, step in tracker.calls] == list(range(n_epochs))
     assert [m["train_loss"] for m, _ in tracker.calls] == pytest.approx(method.history)
     assert {"lr", "train_loss_s8", "train_loss_s16"} <= set(tracker.calls[0][0])
-
-
-def test_anomalies_score_higher(data, fitted):
-    _, test = data
-    _, pred, _ = fitted
-    assert metrics.roc_auc(test.labels, pred.scores) >= 0.9
-    assert metrics.roc_auc(test.masks.numpy().ravel(), pred.maps.ravel()) >= 0.85
 
 
 def test_deterministic_given_seed(data, fitted):

@@ -1,4 +1,4 @@
-"""The kernel pin (adbench.determinism) and how CI's gate tolerances are measured (adbench.reference)."""
+"""The kernel pin (adbench.determinism) and how the reseeding check's tolerances are measured (adbench.reseeding)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from adbench.determinism import ISA_VARIABLES, isa_environment
-from adbench.reference import reference_table
+from adbench.reseeding import reference_table
 
 PROVENANCE = "import json; from adbench.determinism import kernel_provenance; print(json.dumps(kernel_provenance()))"
 
@@ -65,8 +65,14 @@ def test_tolerances_come_from_the_seed_spread_the_isa_spread_and_a_floor():
     assert set(table.seed) == {0} and set(table.seeds) == {5}
 
 
-def test_the_gate_checks_cells_and_each_methods_aggregate(tmp_path):
-    from adbench.regression import compare
+def test_pinned_only_measurements_have_no_isa_spread():
+    pinned = _per_seed({"m": [0.5, 0.6, 0.7, 0.8, 0.9]})
+    table = reference_table(pinned, None, ci_seed=0)
+    assert (table.isa_spread == 0).all() and len(table) == 3  # image, pixel, aggregate
+
+
+def test_the_reseeding_check_reads_cells_and_each_methods_aggregate_both_ways(tmp_path):
+    from adbench.reseeding import compare
 
     values = {("a", "image_auroc"): 0.9, ("a", "pixel_auroc"): 0.7, ("b", "image_auroc"): 0.5, ("b", "pixel_auroc"): 0.3}
     for cat in ("a", "b"):
@@ -81,8 +87,8 @@ def test_the_gate_checks_cells_and_each_methods_aggregate(tmp_path):
         {"dataset": "d", "category": "c", "method": "m", "seed": 0, "metric": "image_auroc", "value": 0.7, "tolerance": 0.05},
     ]).to_csv(reference, index=False)
     table = compare(reference, tmp_path).set_index("category")
-    assert table.loc["a", "status"] == "ok"
-    assert table.loc["b", "status"] == "REGRESSED" and table.loc["b", "delta"] == pytest.approx(-0.2)
+    assert table.loc["a", "status"] == "within"
+    assert table.loc["b", "status"] == "OUTSIDE" and table.loc["b", "delta"] == pytest.approx(-0.2)
     assert table.loc["c", "status"] == "MISSING"
     # the aggregate averages image and pixel AUROC over the categories the reference lists for the method,
     # and c has no run: missing
@@ -90,15 +96,18 @@ def test_the_gate_checks_cells_and_each_methods_aggregate(tmp_path):
     pd.read_csv(reference).query("category != 'c'").to_csv(reference, index=False)
     table = compare(reference, tmp_path).set_index("category")
     assert table.loc["all", "got"] == pytest.approx((0.9 + 0.7 + 0.5 + 0.3) / 4)
-    assert table.loc["all", "status"] == "REGRESSED"  # 0.6 < 0.7 - 0.05
+    assert table.loc["all", "status"] == "OUTSIDE"  # 0.6 < 0.7 - 0.05
+    pd.read_csv(reference).assign(value=[0.80, 0.15, 0.5]).to_csv(reference, index=False)  # now below the runs
+    table = compare(reference, tmp_path).set_index("category")
+    assert (table.status == "OUTSIDE").all()  # a rise beyond the spread is outside it too
 
 
-def test_the_reference_runs_every_method_with_every_seed(tmp_path, monkeypatch):
-    """``make reference`` measures seed spreads: the CI config's ``run.one_seed`` must not cut any method to one seed."""
+def test_the_reseeding_measurement_runs_every_method_with_every_seed(tmp_path, monkeypatch):
+    """``make reseeding`` measures seed spreads: the CI config's ``run.one_seed`` must not cut any method to one seed."""
     import yaml
 
     from adbench.estimate import ROOT, load_config
-    from adbench.reference import run_ci_config
+    from adbench.reseeding import run_ci_config
     from adbench.runs import method_seeds
     from snakemake.utils import update_config
 
@@ -113,16 +122,16 @@ def test_the_reference_runs_every_method_with_every_seed(tmp_path, monkeypatch):
         m: [0, 1, 2, 3, 4] for m in config["run"]["methods"]}
 
 
-def test_the_reference_accepts_a_relative_work_folder(tmp_path, monkeypatch):
-    """The Makefile passes ``--work build/reference``; Snakemake runs inside that folder, so every path handed
+def test_the_reseeding_measurement_accepts_a_relative_work_folder(tmp_path, monkeypatch):
+    """The Makefile passes ``--work build/reseeding``; Snakemake runs inside that folder, so every path handed
     to it must still name the override file from there (a relative one would be looked up twice nested)."""
     from adbench.estimate import ROOT
-    from adbench.reference import run_ci_config
+    from adbench.reseeding import run_ci_config
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw["cwd"])))
     monkeypatch.chdir(tmp_path)
-    run_ci_config(Path("build/reference/avx2"), ROOT / "config" / "ci.yaml", [0], "avx2")
+    run_ci_config(Path("build/reseeding/avx2"), ROOT / "config" / "ci.yaml", [0], "avx2")
     (cmd, cwd), = calls
     override = Path(cwd, cmd[cmd.index("--configfile") + 2])
-    assert override.is_file() and override == tmp_path / "build/reference/avx2/override.yaml"
+    assert override.is_file() and override == tmp_path / "build/reseeding/avx2/override.yaml"

@@ -51,13 +51,13 @@ TRAIN = synthetic_split(8, 0, seed=0)
 TEST = synthetic_split(3, 3, seed=1)
 
 
-def test_fit_predict_shapes_and_the_planted_anomaly():
+def test_fit_predict_shapes():
+    """Shapes and finiteness only: whether FOD learns is tests/test_learning.py's (this planted +4 block is
+    found as well by the untrained transformers: image AUROC 1.0 and pixel AUROC 0.97 at seed 0)."""
     pred = FOD(TINY, seed=0).fit(TRAIN).predict(TEST)
     assert pred.scores.shape == (6,) and pred.maps.shape == (6, SIZE, SIZE)
     assert np.isfinite(pred.scores).all() and np.isfinite(pred.maps).all()
     assert pred.extra == {}
-    assert roc_auc(TEST.labels, pred.scores) == 1.0
-    assert roc_auc(TEST.masks.numpy().ravel(), pred.maps.ravel()) > 0.8
 
 
 def test_short_training_lowers_the_reconstruction_loss_and_logs_every_epoch():

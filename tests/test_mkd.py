@@ -1,11 +1,14 @@
-"""Tests of the MKD baseline (baselines.mkd) on the small synthetic split of tests/synthetic.py (CFLOW's)."""
+"""Tests of the MKD baseline (baselines.mkd) on the small synthetic split of tests/synthetic.py (CFLOW's).
+
+Whether MKD learns is tests/test_learning.py's question (on the CI data, against chance and against its
+untrained student): on this split the untrained student already ranks the magenta square first (image AUROC
+1.0, pixel 0.81-0.94 over seeds 0-4), so an AUROC here says nothing about training."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from adbench import metrics
 from adbench.protocol import Split
 from baselines.mkd import DEFAULT_PARAMS, PAPER_PARAMS, MKD, Student, distillation_loss
 from synthetic import SIZE, assert_round_trip, fit_and_predict, synthetic_split
@@ -51,14 +54,6 @@ def test_training_loss_decreases_and_is_tracked(fitted):
     assert method.history[-1] < 0.8 * method.history[0]
     assert [step for _, step in tracker.calls] == list(range(FAST["epochs"]))
     assert [m["train_loss"] for m, _ in tracker.calls] == pytest.approx(method.history)
-
-
-def test_anomalies_score_higher(data, fitted):
-    _, test = data
-    _, pred, _ = fitted
-    # min over seeds 0-4 x {AVX2, AVX-512}: image AUROC 1.0, pixel 0.87 (benchmarks/learning_margins.py)
-    assert metrics.roc_auc(test.labels, pred.scores) >= 0.9
-    assert metrics.roc_auc(test.masks.numpy().ravel(), pred.maps.ravel()) >= 0.75
 
 
 @pytest.mark.parametrize("mode", ["gradient", "guided"])

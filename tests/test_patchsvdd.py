@@ -1,4 +1,9 @@
-"""Patch SVDD on small synthetic splits (64 px: patch sizes 16 and 8)."""
+"""Patch SVDD on small synthetic splits (64 px: patch sizes 16 and 8).
+
+Whether Patch SVDD learns is tests/test_learning.py's question (on the CI data, above what its untrained
+encoder scores): on these splits the untrained encoders, scratch and backbone, already put every red disc
+above every normal image (image AUROC 1.0, pixel 0.996-0.998 over seeds 0-4), so an AUROC here says nothing
+about training."""
 from __future__ import annotations
 
 from functools import partial
@@ -127,15 +132,6 @@ def test_training_lowers_the_loss_and_logs_each_epoch(fitted):
     assert not leaked, "fit changed the global torch/numpy random state"
 
 
-def test_anomalies_score_higher_than_normals(fitted, splits):
-    from adbench.metrics import roc_auc
-
-    _, pred, _, _ = fitted
-    test = splits[1]
-    assert pred.scores[test.labels == 1].min() > pred.scores[test.labels == 0].max()
-    assert roc_auc(test.masks.numpy().ravel(), pred.maps.ravel()) >= 0.9
-
-
 def test_save_load_round_trip(fitted, splits, tmp_path):
     method, pred, _, _ = fitted
     assert_round_trip(method, pred, splits[1], tmp_path / "psvdd.pt")
@@ -151,6 +147,5 @@ def test_backbone_encoder_variant(tmp_path):
     assert method.arch["feature_channels"] == 4 and method.arch["cell_offset"] == 1
     pred = method.predict(test)
     assert pred.maps.shape == (8, SIZE, SIZE) and np.isfinite(pred.scores).all()
-    assert pred.scores[4:].mean() > pred.scores[:4].mean()
     method.save(tmp_path / "bb.pt")
     np.testing.assert_array_equal(PatchSVDD.load(tmp_path / "bb.pt").predict(test).maps, pred.maps)

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from run_folders import write_result_files
 
 from adbench.tables import PAPER_CATEGORIES, StaleRunError, Table, to_latex, to_markdown, write_table
 
@@ -14,13 +15,15 @@ def write_table2(paths, dataset, methods, csv_out, md_out, expected=None, metric
 
 
 def _runs(tmp_path, kind, rows, dataset="d", extra=None):
-    """metrics.json files of runs ``(category, method, seed, image_auroc)``; ``extra(row) -> dict`` adds fields."""
+    """Run folders of runs ``(category, method, seed, image_auroc)``: metrics.json beside a scores.csv with
+    that image AUROC and a maps.npz, with their digests (``run_folders.write_result_files``); returns the
+    metrics.json paths.  ``extra(row) -> dict`` adds fields."""
     paths = []
     for i, row in enumerate(rows):
         cat, method, seed, auroc = row
-        p = tmp_path / f"{dataset}_{i}.json"
+        p = tmp_path / dataset / str(i) / "metrics.json"
         record = {"dataset": dataset, "dataset_kind": kind, "category": cat, "method": method, "impl": method,
-                  "seed": seed, "image_auroc": auroc, "pixel_auroc": auroc - 0.05}
+                  "seed": seed, **write_result_files(p.parent, auroc), "pixel_auroc": auroc - 0.05}
         p.write_text(json.dumps({**record, **(extra(row) if extra else {})}))
         paths.append(str(p))
     return paths

@@ -18,8 +18,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from run_folders import write_result_files
 
 from adbench import tracking
+from adbench.integrity import TamperedRunError
 from adbench.tracking import log_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +62,8 @@ print(json.dumps(ids))
 
 def make_run(root: Path, category: str, method: str, seed: int = 0, dataset: str = "embedded",
              auroc: float = 0.9, params: dict | None = None, commit: str = "unknown") -> Path:
-    """A run folder as fit_run + evaluate_run leave it (``params``: the method's, default ``{"k": 3}``)."""
+    """A run folder as fit_run + evaluate_run leave it (``params``: the method's, default ``{"k": 3}``; scores.csv
+    with image AUROC ``auroc`` and maps.npz, their digests in metrics.json: ``run_folders.write_result_files``)."""
     folder = root / dataset / category / method / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"dataset": dataset, "dataset_kind": "embedded", "generator": {"seed": 0},
@@ -70,9 +73,9 @@ def make_run(root: Path, category: str, method: str, seed: int = 0, dataset: str
     identity = {**cfg, "category": category, "config_hash": chash, "git_commit": commit, "fit_seconds": 1.5,
                 "history": [[0, {"loss": 1.0}], [1, {"loss": 0.5}], [2, {"loss": 0.25}]]}
     (folder / "run.json").write_text(json.dumps(identity, indent=1, sort_keys=True))
-    metrics = {"image_auroc": auroc, "image_ap": 0.8, "image_f1_max": 0.7, "pixel_auroc": 0.95, "pixel_ap": 0.4,
-               "pixel_f1_max": 0.45, "pixel_aupro": 0.85, "evaluation_resolution": 64, "n_test": 20,
-               "n_anomalous": 12, "predict_seconds": 0.25, "fit_seconds": 1.5, "dataset": dataset,
+    metrics = {**write_result_files(folder, auroc), "image_ap": 0.8, "image_f1_max": 0.7, "pixel_auroc": 0.95,
+               "pixel_ap": 0.4, "pixel_f1_max": 0.45, "pixel_aupro": 0.85, "evaluation_resolution": 64, "n_test": 20,
+               "n_anomalous": 10, "predict_seconds": 0.25, "fit_seconds": 1.5, "dataset": dataset,
                "dataset_kind": "embedded", "category": category, "method": method, "seed": seed,
                "backbone": "tf_efficientnet_lite0", "config_hash": chash, "git_commit": commit,
                "defect_types": {"colour": {"kind": "hard_global", "n": 6, "image_auroc": 0.6, "pixel_auroc": 0.55},
@@ -188,6 +191,27 @@ def test_logging_the_same_folders_twice_returns_the_same_runs(store, tmp_path):
     assert sorted(r.info.run_id for r in runs) == sorted([second, first["embedded/brick/patchcore/seed0"]])
     assert all(r.info.status == "FINISHED" for r in runs)
     assert client.get_run(second).data.metrics["image_auroc"] == 0.5
+
+
+@pytest.mark.parametrize("edit", ["metrics.json", "scores.csv"])
+def test_a_hand_edited_run_is_refused_and_nothing_of_the_call_is_logged(store, tmp_path, edit):
+    """The issue's edit (image AUROC 0.9 -> 0.999 in metrics.json), or a changed score in scores.csv, stops
+    log_runs before the store is touched, naming the file (adbench.integrity, as the tables check it)."""
+    uri, client = store
+    untouched, edited = make_run(tmp_path, "carpet", "patchcore"), make_run(tmp_path, "carpet", "fod")
+    if edit == "metrics.json":
+        record = json.loads((edited / "metrics.json").read_text())
+        (edited / "metrics.json").write_text(json.dumps({**record, "image_auroc": 0.999}, indent=1, sort_keys=True))
+        said = "its image_auroc 0.999 is not the AUROC of the scores in"
+    else:
+        text = (edited / "scores.csv").read_text()
+        (edited / "scores.csv").write_text(text.replace(",0.0\n", ",-1.0\n", 1))
+        said = f"{edited / 'scores.csv'} has SHA-256"
+    with pytest.raises(TamperedRunError) as err:
+        log_runs([untouched, edited], uri, f"tampered-{edit}")
+    assert f"{edited / 'metrics.json'}: " in str(err.value) and said in str(err.value)
+    assert str(untouched) not in str(err.value)
+    assert client.get_experiment_by_name(f"tampered-{edit}") is None  # the store was not even opened for it
 
 
 def test_a_run_left_running_by_a_killed_process_is_not_taken_as_logged(store, tmp_path):

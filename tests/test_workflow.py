@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from adbench.determinism import ISA_VARIABLES
-from adbench.regression import compare
+from adbench.reseeding import compare
+from adbench.runs import load_config
 from workflow_runs import ROOT, snakemake, snakemake_command, table_texts
 
 METRICS = {
@@ -93,11 +94,15 @@ def test_logging_the_same_runs_again_creates_no_duplicates(ci_run):
                      if k in first}
 
 
-def test_reported_aurocs_do_not_regress(ci_run):
-    """CI's gate: the committed reference AUROCs for config/ci.yaml (results/reference/ci.csv)."""
-    table = compare(ROOT / "results" / "reference" / "ci.csv", ci_run / "results")
-    assert len(table) >= 4
-    assert not table.status.isin(["REGRESSED", "MISSING"]).any(), table.to_string()
+def test_seed0_stays_within_its_reseeding_spread(ci_run):
+    """The reseeding check (not the gate: that is tests/test_golden.py): the CI run's seed-0 numbers lie
+    within the seed spread measured for them (results/reference/reseeding_ci.csv), in either direction."""
+    table = compare(ROOT / "results" / "reference" / "reseeding_ci.csv", ci_run / "results")
+    config = load_config(ROOT / "config" / "ci.yaml")
+    cells = {(ds, c, m) for ds in config["run"]["datasets"] for c in config["datasets"][ds]["categories"]
+             for m in config["run"]["methods"]}
+    assert set(zip(table.dataset, table.category, table.method)) - {(d, "all", m) for d, _, m in cells} == cells
+    assert (table.status == "within").all(), table.to_string()
 
 
 def test_tables_are_identical_on_an_avx2_host(ci_run, tmp_path_factory):

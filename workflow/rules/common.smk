@@ -1,5 +1,6 @@
 # Config validation and the input functions every stage uses.
 import json
+import time
 from pathlib import Path
 
 from snakemake.logging import logger
@@ -7,6 +8,7 @@ from snakemake.utils import validate
 
 from adbench.determinism import pin_cpu_isa
 from adbench.evidence import draws_cd_diagram, draws_paper_scatter
+from adbench.golden import folder_digest, overlays, reference_named
 from adbench.registry import check_method_entry
 from adbench.runs import config_hash, run_config, run_folder
 from adbench.runs import method_seeds as seeds_of
@@ -270,8 +272,24 @@ def method_seed_map(methods):
     return {m: list(method_seeds(m)) for m in methods}
 
 
+REPRODUCTION = f"{RESULTS}/reproduction.md"
+WORKFLOW_START = time.time()
+
+
+# The config files laid over config/config.yaml, relative to the repository where they are inside it: rule
+# params that do not change when the repository is moved or copied.
+OVERLAYS = overlays(workflow.configfiles, workflow.basedir)
+
+
+def print_reproduction():
+    """At the end of a successful run: the reproduction summary, when this run wrote it."""
+    path = Path(REPRODUCTION)
+    if path.exists() and path.stat().st_mtime >= WORKFLOW_START:
+        print("\n" + path.read_text(), flush=True)
+
+
 def all_tables_inputs():
-    outputs = [f for name in table_names() for f in table_files(name).values()]
+    outputs = [REPRODUCTION] + [f for name in table_names() for f in table_files(name).values()]
     outputs += significance_files()
     outputs += [f"{FIGURES}/{stem}.{ext}" for stem in figure_stems() for ext in ("png", "pdf")]
     outputs += [f"{RESULTS}/report.html"]

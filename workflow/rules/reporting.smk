@@ -6,9 +6,13 @@
 
 rule table:
     """One of the paper's tables (``TABLE_SPECS``): reads the metrics.json of the runs it covers, and refuses
-    any made with other settings than the current config's (config hash)."""
+    any made with other settings than the current config's (config hash), and any whose scores.csv or
+    maps.npz differ from the digests it records or whose image AUROC is not that of its scores.csv
+    (adbench.integrity)."""
     input:
-        lambda w: metrics_files(*table_runs(w.name)),
+        metrics=lambda w: metrics_files(*table_runs(w.name)),
+        checked=lambda w: [p.replace("metrics.json", f) for p in metrics_files(*table_runs(w.name))
+                           for f in ("scores.csv", "maps.npz")],
     output:
         csv=report(f"{TABLES}/{{name}}.csv", caption="../report/table.rst", category="Tables",
                    labels=lambda w: {"table": w.name}),
@@ -121,7 +125,7 @@ rule html_report:
     params:
         names=table_names(),
         emphasis={name: EMPHASIS[TABLE_SPECS[name]["kind"]] for name in table_names()},
-        provenance={"config": ", ".join(map(str, workflow.configfiles)), "results": RESULTS,
+        provenance={"config": ", ".join(["config/config.yaml", *OVERLAYS]), "results": RESULTS,
                     "backbone": f"{BACKBONE} at {SIZE} px"},
     # Cluster requests (the local run ignores them).  Measured: a few seconds.
     resources:
@@ -156,7 +160,7 @@ rule track_all_tables:
         artifacts={"tables": TABLES, "figures": FIGURES, "report.html": f"{RESULTS}/report.html"},
         run={"datasets": config["run"]["datasets"], "methods": config["run"]["methods"],
              "seeds": config["run"]["seeds"], "one_seed": config["run"].get("one_seed", []),
-             "backbone": BACKBONE, "image_size": SIZE, "config_files": [str(f) for f in workflow.configfiles]},
+             "backbone": BACKBONE, "image_size": SIZE, "config_files": ["config/config.yaml", *OVERLAYS]},
     # Cluster requests (the local run ignores them); mlflow_db: see track_category.
     resources:
         cpus_per_task=lambda wc, threads: threads,
@@ -171,3 +175,31 @@ rule track_all_tables:
         "../envs/suite.yaml"
     script:
         "../scripts/track_all_tables.py"
+
+
+rule reproduction:
+    """What the run reproduced: Table 2's means, the exact comparison with the committed golden files of this
+    config (results/reference/<name>/, adbench.golden; "no committed reference" for other configs), and where
+    the outputs are.  Printed at the end of a successful run (onsuccess, Snakefile)."""
+    input:
+        tables=[f for name in table_names() for f in table_files(name).values()],
+        significance=significance_files(),
+        metrics=metrics_files(config["run"]["datasets"], config["run"]["methods"]),
+    output:
+        REPRODUCTION,
+    params:
+        overlays=OVERLAYS,
+        golden=folder_digest(reference_named(OVERLAYS)),
+        hashes=expected_hashes(config["run"]["datasets"], config["run"]["methods"]),
+    resources:
+        cpus_per_task=lambda wc, threads: threads,
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    log:
+        f"{RESULTS}/logs/reproduction.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/reproduction.tsv"
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/reproduction.py"

@@ -1,0 +1,10 @@
+from pathlib import Path
+
+from adbench.golden import summary
+from adbench.jobs import job_context
+from adbench.runs import write_atomic
+
+with job_context(snakemake.log[0], snakemake.threads):
+    text = summary(Path(snakemake.output[0]).parent, snakemake.config, list(snakemake.params.overlays))
+    print(text)
+    write_atomic(snakemake.output[0], text)
