@@ -49,8 +49,11 @@ reference-default: $(STAMP)
 	$(BIN)/python -m adbench.golden write --results build/reference-default/results --reference results/reference/default
 
 # The reseeding check's seed spreads (results/reference/reseeding_ci.csv): the CI config with seeds 0-4.
+# `make reseeding METHODS="patchsvdd"` re-measures only the methods whose behaviour changed (their rows
+# are replaced, every other row is kept).
+METHODS ?=
 reseeding: $(STAMP)
-	$(BIN)/python -m adbench.reseeding measure --work build/reseeding --out results/reference/reseeding_ci.csv
+	$(BIN)/python -m adbench.reseeding measure --work build/reseeding --out results/reference/reseeding_ci.csv $(if $(METHODS),--methods $(METHODS))
 
 # What config/paper.yaml costs (CPU and, when measured there, GPU hours; disk), from bench_devices.py's
 # per-epoch times at the paper's network sizes.  The CPU measurement is made once (a few minutes); put a

@@ -42,25 +42,34 @@ ISAS = ("avx2", "native")
 FLOOR = 0.01
 
 
-def run_ci_config(work: Path, config: Path, seeds: list[int], cpu_isa: str) -> Path:
-    """``snakemake all_tables`` on ``config`` with ``seeds`` and ``cpu_isa`` in ``work``; returns ``work``."""
+def run_ci_config(work: Path, config: Path, seeds: list[int], cpu_isa: str, methods: list[str] | None = None) -> Path:
+    """Snakemake on ``config`` with ``seeds`` and ``cpu_isa`` in ``work``; returns ``work``.
+
+    The target is ``all_tables``, or, with ``methods``, only those methods' run folders (metrics.json)."""
     work = work.resolve()  # Snakemake runs in ``work``: a relative path (the Makefile's) would resolve twice
     work.mkdir(parents=True, exist_ok=True)
     override = work / "override.yaml"
     # every method runs every seed (the config's run.one_seed would leave most cells with one)
     override.write_text(yaml.safe_dump({"run": {"seeds": seeds, "one_seed": []}, "determinism": {"cpu_isa": cpu_isa}}))
+    targets = ["all_tables"]
+    if methods:
+        cfg = load_config(config)
+        targets = [str(Path(run_folder(Path("results"), ds, cat, m, seed)) / "metrics.json")
+                   for ds in cfg["run"]["datasets"] for cat in cfg["datasets"][ds]["categories"]
+                   for m in methods for seed in seeds]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "--cores", "2",
-           "all_tables", "--configfile", str(config), str(override)]
+           *targets, "--configfile", str(config), str(override)]
     subprocess.run(cmd, check=True, cwd=work)
     return work
 
 
-def collect(work: Path, config: dict, seeds: list[int]) -> pd.DataFrame:
-    """One row per (dataset, category, method, seed) with the gate's metrics."""
+def collect(work: Path, config: dict, seeds: list[int], methods: list[str] | None = None) -> pd.DataFrame:
+    """One row per (dataset, category, method, seed) with the gate's metrics (``methods``: default the
+    config's ``run.methods``)."""
     rows = []
     for ds in config["run"]["datasets"]:
         for cat in config["datasets"][ds]["categories"]:
-            for method in config["run"]["methods"]:
+            for method in methods or config["run"]["methods"]:
                 for seed in seeds:
                     metrics = json.loads((Path(run_folder(work / "results", ds, cat, method, seed))
                                           / "metrics.json").read_text())
@@ -97,6 +106,31 @@ def reference_table(pinned: pd.DataFrame, native: pd.DataFrame | None, ci_seed: 
                          "value": value, "tolerance": tol, "seed_sd": round(sd, 4), "isa_spread": round(spread, 4),
                          "seeds": n, "detects_chance": abs(value - 0.5) > tol})
     return pd.DataFrame(rows)
+
+
+def merge_methods(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``old`` with every row of ``new``'s methods taken from ``new``: a re-measured row keeps its place,
+    a row that ``old`` lacks goes at the end, and an ``old`` row of those methods that ``new`` lacks is
+    dropped.
+
+    Raises:
+        ValueError: the two tables were measured with different seed counts (their tolerances would not
+            mean the same thing).
+    """
+    if set(old.seeds) != set(new.seeds):
+        raise ValueError(f"the existing reference has seeds={sorted(set(old.seeds))}, the new rows "
+                         f"{sorted(set(new.seeds))}: re-measure with the same --seeds, or every method (no --methods)")
+    key = ["dataset", "category", "method", "metric"]
+    fresh = {tuple(r[k] for k in key): r for r in new.to_dict("records")}
+    methods = set(new.method)
+    rows = []
+    for r in old.to_dict("records"):
+        k = tuple(r[c] for c in key)
+        if r["method"] not in methods:
+            rows.append(r)
+        elif k in fresh:
+            rows.append(fresh.pop(k))
+    return pd.DataFrame(rows + list(fresh.values()))[list(old.columns)]
 
 
 def _metric(results: Path, dataset: str, category: str, method: str, seed: int, metric: str) -> float | None:
@@ -139,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--work", type=Path, required=True, help="scratch folder for the runs")
     m.add_argument("--out", type=Path, default=ROOT / "results" / "reference" / "reseeding_ci.csv")
     m.add_argument("--collect-only", action="store_true", help="read the runs already in --work, run nothing")
+    m.add_argument("--methods", nargs="+", help="re-measure only these methods (whose behaviour changed) and "
+                                                "replace their rows in --out, keeping every other row")
     c = sub.add_parser("check", help="compare one seed's run with the measured spreads")
     c.add_argument("--reference", type=Path, default=ROOT / "results" / "reference" / "reseeding_ci.csv")
     c.add_argument("--results", type=Path, required=True, help="the run's results folder")
@@ -152,9 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{len(bad)} number(s) outside their seed spread or missing", file=sys.stderr)
         return 1 if len(bad) else 0
     config = load_config(a.config)
-    per_isa = {isa: collect(a.work / isa if a.collect_only else run_ci_config(a.work / isa, a.config, a.seeds, isa),
-                            config, a.seeds) for isa in a.isas}
+    unknown = sorted(set(a.methods or []) - set(config["run"]["methods"]))
+    if unknown:
+        p.error(f"--methods {' '.join(unknown)}: not in run.methods of {a.config}")
+    per_isa = {isa: collect(a.work / isa if a.collect_only
+                            else run_ci_config(a.work / isa, a.config, a.seeds, isa, a.methods),
+                            config, a.seeds, a.methods) for isa in a.isas}
     table = reference_table(per_isa["avx2"], per_isa.get("native"), ci_seed=a.seeds[0])
+    if a.methods:
+        table = merge_methods(pd.read_csv(a.out, dtype={"category": str}), table)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(a.out, index=False)
     print(table.to_string(index=False))

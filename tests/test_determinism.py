@@ -135,3 +135,27 @@ def test_the_reseeding_measurement_accepts_a_relative_work_folder(tmp_path, monk
     (cmd, cwd), = calls
     override = Path(cwd, cmd[cmd.index("--configfile") + 2])
     assert override.is_file() and override == tmp_path / "build/reseeding/avx2/override.yaml"
+
+
+def test_remeasuring_one_method_replaces_only_its_rows_in_place(tmp_path, monkeypatch):
+    """``measure --methods patchsvdd``: only that method's run folders are targeted, its rows are replaced
+    where they stood, every other method's rows stay byte for byte; a seed count that differs is refused."""
+    from adbench.estimate import ROOT
+    from adbench.reseeding import merge_methods, run_ci_config
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    run_ci_config(tmp_path, ROOT / "config" / "ci.yaml", [0, 1], "avx2", methods=["patchsvdd"])
+    targets = [w for w in calls[0] if w.endswith("metrics.json")]
+    assert "all_tables" not in calls[0] and len(targets) == 2 * 2  # two categories x two seeds
+    assert all("/patchsvdd/" in t for t in targets)
+
+    old = pd.read_csv(ROOT / "results" / "reference" / "reseeding_ci.csv", dtype={"category": str})
+    new = old[old.method == "patchsvdd"].iloc[1:].assign(value=0.25)  # one row fewer, other values
+    merged = merge_methods(old, new)
+    keep = old.method != "patchsvdd"
+    assert merged[merged.method != "patchsvdd"].reset_index(drop=True).equals(old[keep].reset_index(drop=True))
+    assert list(merged.index[merged.method == "patchsvdd"]) == list(old.index[~keep][1:] - 1)
+    assert (merged.loc[merged.method == "patchsvdd", "value"] == 0.25).all()
+    with pytest.raises(ValueError, match="same --seeds"):
+        merge_methods(old, new.assign(seeds=3))

@@ -82,6 +82,9 @@ DRY_RUN_ONLY: dict[str, str] = {
         "test_the_ci_run_reproduces_its_golden_files_exactly compares ci_run with the files it writes"),
     "make reference-default": "a fresh run of the default config (as long as make run, 11.5 min)",
     "make reseeding": "five runs of the CI config (seeds 0-4), about 15 min",
+    "make reseeding METHODS=patchsvdd": (
+        "one method's fits with seeds 0-4, a few minutes; tests/test_determinism.py::"
+        "test_remeasuring_one_method_replaces_only_its_rows_in_place checks what it targets and writes"),
     "pip install -e .": ("installs into the environment the tests run in: even with --prefix, pip first "
                          "uninstalls that environment's fod-suite"),
     "conda env create -f environment.yml": "needs conda and its package channels; with conda here: --dry-run",
