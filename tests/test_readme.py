@@ -94,7 +94,7 @@ DRY_RUN_ONLY: dict[str, str] = {
         "(every brick job again, about 1.5 min): not run twice"),
     "snakemake all_tables --workflow-profile workflow/profiles/slurm": SLURM_REASON,
     "snakemake all_tables --workflow-profile workflow/profiles/slurm --configfile config/ci.yaml": SLURM_REASON,
-    "python -m pytest -m slurm": ("the SLURM test (12 min), in a second pytest session that runs the CI config "
+    "python -m pytest -m slurm": ("the SLURM test (several minutes), in a second pytest session that runs the CI config "
                                   "again: collected only"),
     "python -m pytest -m 'not slurm'": "runs the whole suite but the SLURM test, this test included: it would recurse",
 }
