@@ -133,8 +133,9 @@ def list_samples(kind: str, root: Path, category: str, split: str, *, name: str 
     dataset's config entry) only word the fix in error messages.
 
     Raises:
-        DatasetError: the category or split folder is missing, the split holds no images, or an
-            anomalous test image has no mask file.
+        DatasetError: the category or split folder is missing, the split holds no images, an
+            evaluation split (test, validation) lacks normal or anomalous images, or an anomalous test
+            image has no mask file.
     """
     _check_kind(kind)
     if split == VALIDATION and kind != "embedded":
@@ -182,8 +183,24 @@ def list_samples(kind: str, root: Path, category: str, split: str, *, name: str 
             samples.append(Sample(f"{split}/{defect}/{image.stem}", image, label, defect, mask))
     if not samples:
         raise DatasetError(f"no images found in {split_dir}; the copy is incomplete or empty: {fix}")
+    if split != "train":
+        _check_both_classes(split_dir, samples, fix)
     samples.sort(key=lambda s: s.id)
     return samples
+
+
+def _check_both_classes(split_dir: Path, samples: list[Sample], fix: str) -> None:
+    """An evaluation split needs normal and anomalous images: with one class every AUROC is undefined."""
+    normal = sum(1 for s in samples if not s.label)
+    if not normal:
+        defects = sorted({s.defect_type for s in samples})
+        raise DatasetError(
+            f"{split_dir} has no normal images (no `good` folder, found only {', '.join(defects)}): every AUROC "
+            f"compares anomalous with normal images; put defect-free images in {split_dir / 'good'}: {fix}")
+    if normal == len(samples):
+        raise DatasetError(
+            f"{split_dir} has only normal images (`good`): every AUROC compares anomalous with normal images; add "
+            f"a folder per defect type beside {split_dir / 'good'}, each with a mask per image: {fix}")
 
 
 def _open(path: Path, name: str | None = None, url: str | None = None) -> Image.Image:

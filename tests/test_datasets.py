@@ -151,6 +151,32 @@ def test_missing_mask(tmp_path):
     assert str(root / "bottle/test/scratch/001.png") in str(err.value) and str(gone) in str(err.value)
 
 
+@pytest.mark.parametrize("kind", ["mvtec_ad", "btad"])
+def test_a_test_split_without_normal_images_is_refused_naming_the_folder(tmp_path, kind):
+    """A test/ with no good (BTAD: ok) folder used to pass, train every method, then end in sklearn's bare
+    'only one class is present'."""
+    import shutil
+
+    root, cat, normal = (make_mvtec(tmp_path), "bottle", "good") if kind == "mvtec_ad" else (make_btad(tmp_path, "01"), "01", "ok")
+    shutil.rmtree(root / cat / "test" / normal)
+    with pytest.raises(DatasetError) as err:
+        list_samples(kind, root, cat, "test", name="mine")
+    assert f"{root / cat / 'test'} has no normal images" in str(err.value)
+    assert str(root / cat / "test" / "good") in str(err.value) and "datasets.mine.root" in str(err.value)
+
+
+def test_a_test_split_without_anomalous_images_is_refused(tmp_path):
+    import shutil
+
+    root = make_mvtec(tmp_path)
+    for folder in (root / "bottle/test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    with pytest.raises(DatasetError, match="has only normal images"):
+        list_samples("mvtec_ad", root, "bottle", "test")
+    assert list_samples("mvtec_ad", root, "bottle", "train")  # a training split is all normal by design
+
+
 def test_empty_train(tmp_path):
     root = make_btad(tmp_path, "01")
     for p in (root / "01/train/ok").iterdir():
