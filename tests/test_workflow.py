@@ -289,6 +289,17 @@ def test_bad_config_fails_at_once_with_the_fix(tmp_path):
     assert "tf_efficientnet_b6.safetensors" in plan.output
 
 
+@pytest.mark.parametrize("category", ["my cat", "../brick"])
+def test_a_category_that_cannot_be_a_folder_name_is_refused_by_the_schema(tmp_path, category):
+    """A space or a path in a category name used to end in Snakemake's generic MissingInputException (the
+    rules only match [A-Za-z0-9_]+); the schema now names the entry and the allowed pattern."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"datasets": {"embedded": {"categories": ["brick", category]}}}))
+    proc = snakemake(tmp_path, "-n", "all_tables", configs=(bad,))
+    assert proc.returncode != 0 and f"'{category}' does not match '^[A-Za-z0-9_]+$'" in proc.output
+    assert "['datasets']['embedded']['categories'][1]" in proc.output
+
+
 def test_the_paper_profile_dry_runs_without_its_data_or_weights(tmp_path):
     """All 392 fit jobs (28 categories x 14 methods, one seed) are listed; the missing data and b6 weights are
     named."""
