@@ -76,6 +76,25 @@ def _db_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+
+
+def store_problem(tracking_uri: str) -> str | None:
+    """Why the SQLite store of ``tracking_uri`` cannot be used, with the fix; ``None`` when it can (or does
+    not exist yet, or is not a file store).  Read before any job starts (workflow/rules/common.smk), so a
+    broken store turns tracking off with this message instead of stopping the tables with SQLAlchemy's."""
+    db = _db_path(tracking_uri)
+    if db is None or not db.exists() or db.stat().st_size == 0:
+        return None
+    with open(db, "rb") as handle:
+        head = handle.read(len(SQLITE_HEADER))
+    if head == SQLITE_HEADER:
+        return None
+    return (f"MLflow tracking is off for this run: {db} (mlflow.tracking_uri) is not an SQLite database (it starts "
+            f"with {head!r}); the tables, figures and report are written without it.  To log the runs, move the "
+            f"file aside (mv {db} {db}.broken) and run snakemake again, or set mlflow.tracking_uri to another store")
+
+
 T = TypeVar("T")
 LOCKED_RETRIES = 6  # attempts after the first, each after SQLite's own busy timeout (20 s in MLflow 3)
 LOCKED_BACKOFF_S = 0.5  # first pause; doubles each attempt, capped at 8 s, with jitter

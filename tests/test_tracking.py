@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -632,3 +633,31 @@ def test_log_parent_refuses_bad_input_naming_it(store, tmp_path):
     with pytest.raises(ValueError, match="embedded/leather/fod/seed0"):
         tracking.log_parent(uri, "parent-bad", {"embedded/leather/fod/seed0": next(iter(ids.values()))}, {},
                             "p", {}, {})
+
+
+def test_a_store_that_is_not_sqlite_is_named_with_its_fix(tmp_path):
+    from adbench.tracking import store_problem
+
+    db = tmp_path / "mlflow.db"
+    assert store_problem(f"sqlite:///{db}") is None  # not there yet: MLflow creates it
+    db.write_bytes(b"")
+    assert store_problem(f"sqlite:///{db}") is None  # empty: SQLite initialises it
+    db.write_text("<html>not a database</html>")
+    problem = store_problem(f"sqlite:///{db}")
+    assert problem and str(db) in problem and f"mv {db} {db}.broken" in problem and "mlflow.tracking_uri" in problem
+    sqlite3.connect(db.with_name("real.db")).execute("create table t (x)").connection.commit()
+    assert store_problem(f"sqlite:///{db.with_name('real.db')}") is None
+    assert store_problem("http://127.0.0.1:5000") is None
+
+
+def test_a_broken_store_turns_tracking_off_and_leaves_the_tables_in_the_plan(tmp_path):
+    """An mlflow.db that is not SQLite used to stop the run with SQLAlchemy's traceback before the tables."""
+    from workflow_runs import snakemake
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mlflow.db").write_text("not a database\n")
+    proc = snakemake(tmp_path, "-n", "all_tables")
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert "MLflow tracking is off for this run: results/mlflow.db" in proc.output
+    assert "track_category" not in proc.stdout and "track_all_tables" not in proc.stdout
+    assert re.search(r"^table\s+\d+$", proc.stdout, flags=re.M), proc.stdout[-3000:]

@@ -11,6 +11,7 @@ from adbench.evidence import draws_cd_diagram, draws_paper_scatter
 from adbench.golden import folder_digest, overlays, reference_named
 from adbench.registry import check_method_entry
 from adbench.runs import config_hash, run_config, run_folder
+from adbench.tracking import store_problem
 from adbench.runs import method_seeds as seeds_of
 from adbench.tables import EMPHASIS, ablation_label
 
@@ -20,6 +21,10 @@ validate(config, schema="../schemas/config.schema.yaml")
 pin_cpu_isa(config["determinism"]["cpu_isa"])
 
 RESULTS = config["results"]
+# A store that is not an SQLite database must not stop the tables: tracking is turned off, with the fix.
+if config["mlflow"].get("enabled", True) and (problem := store_problem(config["mlflow"]["tracking_uri"])):
+    logger.warning(problem)
+    config["mlflow"]["enabled"] = False
 BACKBONE = config["backbone"]["name"]
 SIZE = config["backbone"]["image_size"]
 FEATURE_TAG = f"{BACKBONE}_{SIZE}"
