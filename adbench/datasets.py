@@ -23,6 +23,7 @@ the entry's ``name`` and ``url`` as keywords (the workflow passes them; without 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,12 +242,20 @@ def _to_size(img: Image.Image, size: int, kind: str, preprocess: str, mask: bool
     return img.crop((left, top, left + size, top + size))
 
 
-def _image_array(img: Image.Image, size: int, kind: str = "mvtec_ad", preprocess: str = "squash") -> np.ndarray:
+def _image_array(img: Image.Image, size: int, kind: str = "mvtec_ad", preprocess: str = "squash",
+                 source: Path | None = None) -> np.ndarray:
+    """``source``: the file, named in the warning about an ambiguous 16-bit image."""
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greys: rescale to 8 bit
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
+        if top == 255.0 and img.mode != "F":
+            warnings.warn(
+                f"{source or 'an image'} is a {img.mode} (16-bit or wider) image whose values are all <= 255: read "
+                f"as 8-bit data (0-255 kept as is).  If it is a dark 16-bit image, that brightens it 257 times; "
+                f"convert such files to 8 bit yourself (value / 257) so that they keep their brightness",
+                stacklevel=3)
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     img = _to_size(img.convert("RGB"), size, kind, preprocess, mask=False)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
@@ -267,7 +276,7 @@ def _mask_array(img: Image.Image, size: int, kind: str = "mvtec_ad", preprocess:
 def load_image(path: Path, size: int, *, name: str | None = None, url: str | None = None,
                kind: str = "mvtec_ad", preprocess: str = "squash") -> np.ndarray:
     """uint8 (3, size, size) RGB; grayscale / RGBA / palette inputs are converted; resized by ``preprocess``."""
-    return _image_array(_open(Path(path), name, url), size, kind, preprocess)
+    return _image_array(_open(Path(path), name, url), size, kind, preprocess, Path(path))
 
 
 def load_mask(path: Path | None, size: int, *, name: str | None = None, url: str | None = None,
@@ -297,10 +306,10 @@ def load_sample(sample: Sample, size: int, *, name: str | None = None, url: str 
     """
     img = _open(sample.image, name, url)
     if sample.mask is None:
-        return _image_array(img, size, kind, preprocess), np.zeros((size, size), dtype=np.uint8)
+        return _image_array(img, size, kind, preprocess, sample.image), np.zeros((size, size), dtype=np.uint8)
     mask = _open(sample.mask, name, url)
     _check_mask_size(sample, img.size, mask.size, name, url)
-    return _image_array(img, size, kind, preprocess), _mask_array(mask, size, kind, preprocess)
+    return _image_array(img, size, kind, preprocess, sample.image), _mask_array(mask, size, kind, preprocess)
 
 
 def verify_samples(samples: list[Sample], *, name: str | None = None, url: str | None = None,

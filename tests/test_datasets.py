@@ -386,3 +386,19 @@ def test_authors_preprocessing_resizes_mvtec_with_lanczos(tmp_path):
     assert not np.array_equal(authors, load_image(path, 12, kind="mvtec_ad", preprocess="squash"))
     with pytest.raises(ValueError, match="backbone.preprocess = 'crop'"):
         load_image(path, 12, preprocess="crop")
+
+
+def test_a_16_bit_image_with_only_8_bit_values_is_read_with_a_warning_naming_it(tmp_path):
+    dark = tmp_path / "dark16.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint16)).save(dark)
+    assert Image.open(dark).mode.startswith("I")
+    with pytest.warns(UserWarning, match=f"{dark} is a I.* image whose values are all <= 255"):
+        arr = load_image(dark, 8)
+    assert (arr == 200).all()  # read as 8-bit, as the warning says
+    bright = tmp_path / "bright16.png"
+    Image.fromarray(np.full((8, 8), 51400, dtype=np.uint16)).save(bright)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (load_image(bright, 8) == 200).all()  # 51400 / 65535 * 255 = 200: no warning
