@@ -131,8 +131,8 @@ def reconstruction_error(recon: torch.Tensor, target: torch.Tensor, kind: str) -
 class LevelLosses(NamedTuple):
     """The two losses of the authors' minimax scheme for one feature level, and detached parts to log.
 
-    loss1 = rec + l1 Div_intra(T, S.detach) - l1 Div_inter(T, S.detach): its correlation part reaches only
-        the sigma heads (through T);
+    loss1 = rec + l1 Div_intra(T, S.detach) - l1 Div_inter(T, S.detach): its correlation part reaches the
+        sigma heads (through T) and, since a sigma head's input is not detached, the layers before it;
     loss2 = rec - l1 Div_intra(T.detach, S) - l2 Ent_intra + l1 Div_inter(T.detach, S) + l2 Ent_inter: its
         correlation part reaches only the attention (q, k and what feeds them).
     Without correlation branches loss1 = rec and loss2 = 0.  Train on loss1 + loss2 (rec counts twice
