@@ -103,7 +103,7 @@ def test_patch_sizes_and_strides_scale_with_the_image():
         if size == 128:
             assert arch["test_strides"] == [8, 2]
     assert PatchSVDD()._resolve(make_split(1, 0, seed=0, size=128))["test_strides"] == DEFAULT_PARAMS["test_strides"]
-    assert PAPER_PARAMS["patch_sizes"] == [64, 32] and PAPER_PARAMS["epochs"] == 300 and PAPER_PARAMS["lambda"] == 1.0
+    assert PAPER_PARAMS["patch_sizes"] == [64, 32] and PAPER_PARAMS["epochs"] == 300 and PAPER_PARAMS["lambda"] == 1e-3
     with pytest.raises(ValueError, match="patch_sizes"):
         PatchSVDD({"patch_sizes": [16, 16]})._resolve(make_split(1, 0, seed=0))
     with pytest.raises(ValueError, match="test_strides"):
