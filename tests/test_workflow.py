@@ -309,6 +309,7 @@ def test_the_paper_profile_dry_runs_without_its_data_or_weights(tmp_path):
     for dataset in ("mvtec3d",):  # no url: cannot be downloaded
         assert f"datasets.{dataset}: categories" in proc.output
     assert "download_dataset" in proc.stdout  # mvtec_ad and btad have urls
+    assert re.search(r"^download_dtd\s+1$", proc.stdout, flags=re.M)  # DRAEM's anomaly source, as the public code
 
 
 def test_data_root_replaces_the_roots_and_names_what_is_missing(tmp_path):

@@ -150,9 +150,17 @@ def run_dir(dataset, category, method, seed):
     return run_folder(RESULTS, dataset, category, method, seed)
 
 
+DTD_ROOT = f"{RESULTS}/data/dtd"  # where rule download_dtd unpacks DTD
+
+
 def fit_inputs(wildcards):
-    """The category's cached training and test features."""
-    return {split: feature_path(wildcards.dataset, wildcards.category, split) for split in ("train", "test")}
+    """The category's cached training and test features, and DTD (rule download_dtd) for a method whose
+    params read it from the workflow's folder (``anomaly_source: dtd`` with ``dtd_root`` = DTD_ROOT)."""
+    inputs = {split: feature_path(wildcards.dataset, wildcards.category, split) for split in ("train", "test")}
+    params = METHOD_PARAMS[wildcards.method]
+    if params.get("anomaly_source") == "dtd" and params.get("dtd_root") == DTD_ROOT:
+        inputs["dtd"] = f"{DTD_ROOT}.ready"
+    return inputs
 
 
 def method_seeds(method):

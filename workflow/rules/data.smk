@@ -90,7 +90,7 @@ rule download_dtd:
         f"{RESULTS}/data/dtd.ready",
     params:
         url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
-        root=f"{RESULTS}/data/dtd",
+        root=DTD_ROOT,
         archive_dir=f"{RESULTS}/downloads",
     # Cluster requests: a 600 MB archive, downloaded and unpacked.
     resources:
