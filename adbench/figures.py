@@ -282,7 +282,9 @@ def _gallery(rows: list[GalleryRow], methods: list[str], ranges: dict[str, tuple
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(headers[c], fontsize=8)
-    fig.colorbar(image, ax=axes, fraction=0.02,
+    # Below the grid: a label along the figure's width fits however few rows there are (beside a one-row
+    # grid, a vertical label ran past the figure's top and bottom).
+    fig.colorbar(image, ax=axes, location="bottom", fraction=0.04, aspect=60, shrink=0.8,
                  label="score, scaled to each method's [min, max] on the test split")
     return fig
 

@@ -349,3 +349,23 @@ def test_load_history_names_the_file(tmp_path):
     (tmp_path / "old.json").write_text("{}")
     with pytest.raises(ValueError, match="old.json: no `history`"):
         F.load_history(tmp_path / "old.json")
+
+
+@pytest.mark.parametrize("n_rows, n_methods", [(1, 1), (1, 7), (2, 2), (3, 7), (6, 4)])
+def test_every_gallery_text_lies_inside_the_figure(n_rows, n_methods):
+    """Issue 17 saw the colour bar's label cut off; each title, row label and the colour-bar label must
+    be drawn inside the saved figure for any number of rows (one row is the shortest colour bar) and methods."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    methods = (METHODS * 2)[:n_methods]
+    methods = [f"{m}{k}" for k, m in enumerate(methods)]
+    rows = [F.GalleryRow(r.title, r.image, r.mask, {m: r.maps[METHODS[0]] for m in methods})
+            for r in _rows(METHODS[:1], n=n_rows)]
+    fig = F._gallery(rows, methods, {m: (-1.5, 3.0) for m in methods})
+    FigureCanvasAgg(fig).draw()
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    texts = [ax.yaxis.label for ax in fig.axes] + [ax.title for ax in fig.axes]
+    for text in (t for t in texts if t.get_text()):
+        extent = text.get_window_extent(renderer)
+        assert (box.x0 - 0.5 <= extent.x0 and extent.x1 <= box.x1 + 0.5 and box.y0 - 0.5 <= extent.y0
+                and extent.y1 <= box.y1 + 0.5), f"{text.get_text()!r} at {extent.bounds} outside {box.bounds}"
