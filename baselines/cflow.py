@@ -63,8 +63,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
-from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, merge_params,
-                              state_to_cpu)
+from adbench.protocol import (AnomalyMethod, ParamError, Prediction, Split, Tracker, check_finite_losses,
+                              merge_params, state_to_cpu)
 
 __all__ = ["CFlow", "ConditionalFlow", "CouplingBlock", "positional_encoding_2d", "DEFAULT_PARAMS", "PAPER_PARAMS"]
 
@@ -83,13 +83,19 @@ PAPER_PARAMS: dict[str, Any] = {
     # features and is not available with the feature cache (see the module docstring).
     "augment_rotation_deg": 0.0,
     "eval_batch": 8192,  # fibres per forward pass at test time (memory only; no effect on results)
+    # train.py (train_meta_epoch) calls optimizer.zero_grad() before each flow's step, under torch >= 1.6
+    # (requirements.txt; the README ran 1.8), whose zero_grad() zeroes gradients instead of dropping them:
+    # the other level's flow keeps a zero gradient, so Adam still moves it on its momentum every step.
+    "zero_grad": "zeros",
 }
 
 #: Reduced budget of the embedded default configuration (about 13 s per category on one CPU thread at
 #: 128 px with 60 training images): 8 passes at 10x the public lr.  Measured with benchmarks/budgets.py,
 #: mean image AUROC over the five embedded categories (seed 0): 4 passes at 2e-4 0.590, 16 passes at 2e-4
 #: 0.658, 4 passes at 2e-3 0.687, 8 passes at 2e-3 0.800 (baselines/README.md, Budgets).
-DEFAULT_PARAMS: dict[str, Any] = {**PAPER_PARAMS, "meta_epochs": 4, "sub_epochs": 2, "lr_warm_epochs": 1, "lr": 2e-3}
+DEFAULT_PARAMS: dict[str, Any] = {**PAPER_PARAMS, "meta_epochs": 4, "sub_epochs": 2, "lr_warm_epochs": 1, "lr": 2e-3,
+                                  "zero_grad": "none"}
+ZERO_GRAD = ("none", "zeros")
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -215,6 +221,10 @@ class CFlow(AnomalyMethod):
         meta_epochs, sub_epochs: the schedule has ``meta_epochs`` cosine steps of ``sub_epochs`` passes.
         augment_rotation_deg: the public code's training rotation; must be 0 with cached features.
         eval_batch: fibres per forward pass in ``predict`` (memory only).
+        zero_grad: ``none`` (default; today's torch: ``zero_grad(set_to_none=True)`` drops the gradients, so
+            a step for one level's flow leaves the other flow alone) or ``zeros`` (``PAPER_PARAMS``: the
+            public code under torch 1.x, whose ``zero_grad()`` zeroed them, so Adam also moves the idle
+            flow on its momentum at every step; FOD's ``level_steps: per_level`` is the same effect).
 
     After ``fit``, ``history`` holds the mean training loss of every pass (meta_epochs * sub_epochs).
     """
@@ -245,6 +255,8 @@ class CFlow(AnomalyMethod):
             )
         if int(self.params["condition_vec"]) % 4:
             raise ValueError("condition_vec must be a multiple of 4")
+        if self.params["zero_grad"] not in ZERO_GRAD:
+            raise ParamError("CFLOW", "zero_grad", self.params["zero_grad"], f"must be one of {', '.join(ZERO_GRAD)}")
         self.flows: nn.ModuleList | None = None
         self.channels: list[int] = []
         self.history: list[float] = []
@@ -313,7 +325,7 @@ class CFlow(AnomalyMethod):
                             idx = perm[b * fibre_batch : (b + 1) * fibre_batch].to(dev)
                             cond = table[idx % len(table)]
                             loss = -F.logsigmoid(flow.log_prob_per_dim(fib[idx], cond))
-                            optimizer.zero_grad(set_to_none=True)
+                            optimizer.zero_grad(set_to_none=p["zero_grad"] == "none")
                             loss.mean().backward()
                             optimizer.step()
                             batch_total = float(loss.detach().sum())

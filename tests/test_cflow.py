@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.protocol import Split
+from adbench.protocol import ParamError, Split
 from baselines.cflow import DEFAULT_PARAMS, PAPER_PARAMS, CFlow, CouplingBlock, positional_encoding_2d
 from synthetic import SIZE, assert_round_trip, fit_and_predict, synthetic_split
 
@@ -114,6 +114,37 @@ def test_params():
         CFlow({"epochs": 3})
     with pytest.raises(ValueError, match="feature cache"):
         CFlow({"augment_rotation_deg": 5})
+
+
+@pytest.mark.parametrize("mode, idle_moves", [("none", False), ("zeros", True)])
+def test_zero_grad_zeros_lets_adam_move_the_idle_flow_as_torch_1x_did(data, mode, idle_moves):
+    """The public code's optimizer.zero_grad() under torch 1.x zeroed gradients, so each step for one
+    level's flow also moved the other flow on Adam's momentum (zero_grad: zeros, PAPER_PARAMS); today's
+    set_to_none leaves it alone (zero_grad: none, the default)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    method = CFlow({**FAST, "meta_epochs": 1, "sub_epochs": 2, "zero_grad": mode}, seed=3)
+    seen, before = [], {}
+
+    def active(flow) -> bool:
+        return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in flow.parameters())
+
+    def pre(optimizer, args, kwargs):
+        before["idle"] = [p.detach().clone() for p in method.flows[0].parameters()]
+
+    def post(optimizer, args, kwargs):
+        if active(method.flows[1]) and not active(method.flows[0]):  # a step for flow 1 only
+            seen.append(any(not torch.equal(a, p) for a, p in zip(before["idle"], method.flows[0].parameters())))
+
+    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    try:
+        method.fit(data[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) > 2 and set(seen) == {idle_moves}
+    with pytest.raises(ParamError, match="zero_grad = 'sometimes': must be one of none, zeros"):
+        CFlow({"zero_grad": "sometimes"})
 
 
 def test_refuses_mismatched_features(data, fitted):
