@@ -13,21 +13,27 @@ Three choices, each a param with two named readings (``DEFAULT_PARAMS`` / ``PAPE
   unfolded into zero-padded 3x3 neighbourhoods, the stride-16 level's unfolded map bilinearly upsampled to
   the stride-8 grid, each level's 9*C vector adaptive-average-pooled to ``pretrain_embed_dim`` (1024) and
   the stack to ``target_embed_dim`` (1024).  On WideResNet-50 (C = 512 / 1024) those poolings average
-  whole 3x3 neighbourhoods (layer2: one channel each; layer3: two adjacent channels each).  On this suite's
+  whole 3x3 neighbourhoods and give each level half of the 1024 dims (layer2: 512 dims, one channel's
+  neighbourhood each; layer3: 512 dims, two adjacent channels' neighbourhoods each).  On this suite's
   ``tf_efficientnet_lite0`` (C = 40 / 112) the 360 and 1008 values are *stretched* to 1024, so an output
   covers 1-2 entries of one neighbourhood: a position-sensitive copy, not a local average, and the 40
   stride-8 channels weigh ~2.8x more per channel than the 112 stride-16 ones.  ``average`` (default):
-  what the public code computes on WideResNet-50 and what anomalib 2.7 computes: a 3x3 mean per channel
-  (stride 1, zero padding counted, as unfold's), the stride-16 level bilinearly upsampled to the stride-8
-  grid (``align_corners=False``), levels concatenated along channels: C_8 + C_16 dims (152 for Lite0),
-  no dimension pooling (``pretrain_embed_dim``, ``target_embed_dim`` unused).
+  what anomalib 2.7 computes, and the public code's local averaging without its dimension pooling: a 3x3
+  mean per channel (stride 1, zero padding counted, as unfold's), the stride-16 level bilinearly upsampled
+  to the stride-8 grid (``align_corners=False``), levels concatenated along channels: C_8 + C_16 dims (152
+  for Lite0; ``pretrain_embed_dim``, ``target_embed_dim`` unused).  It is the public code on WideResNet-50
+  only roughly: there each level gets 512 dims (layer3's channels averaged in pairs), here each channel is
+  a dim, so a level weighs in the distances by its channel count (Lite0: 40 against 112; WRN-50: 512
+  against 1024, where the public code has 512 against 512).
 * ``distance``: ``squared``: the public code's (faiss ``IndexFlatL2`` returns squared L2); ``euclidean``
   (default): anomalib's.  Image scores keep their ranking (``num_neighbors`` 1); the maps are smoothed
   after the transform, so they differ slightly.  ``squared`` takes ``num_neighbors`` 1 only.
-* ``smoothing_scale``: ``pixels`` (default, anomalib's): sigma in pixels at the evaluation resolution;
-  ``resolution``: sigma * image_size / 224, the public code's sigma = 4 at its 224 px carried to the
-  evaluation resolution.  Our levels are at stride 8 px at every resolution, as the public code's layer2
-  is at 224 px, so ``pixels`` keeps sigma at half a stride-8 cell, as there.
+* ``smoothing_scale``: ``pixels`` (default; the public code's and anomalib's): sigma in pixels at the
+  evaluation resolution, whatever it is (amazon-science/patchcore-inspection, src/patchcore/common.py,
+  ``RescaleSegmentor``: ``self.smoothing = 4`` for any ``target_size``); ``resolution`` (an alternative,
+  in neither code): sigma * image_size / 224, as if the public code's 4 px at its usual 224 px were a
+  fixed fraction of the image.  Our levels are at stride 8 px at every resolution, as the public code's
+  layer2 is at 224 px, so ``pixels`` keeps sigma at half a stride-8 cell, as there.
 
 Default (``average``, ``euclidean``, ``pixels``), measured with ``benchmarks/budgets.py`` on the embedded
 default (128 px, seeds 0-2): mean image AUROC 0.864, pooled pixel AUROC 0.802, min local-defect pixel
@@ -77,9 +83,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "num_neighbors": 1,
     "smoothing_sigma": 4.0,
 }
-#: The literal public code: unfold + adaptive pooling, squared L2, sigma = 4 px at 224 px.
+#: The literal public code: unfold + adaptive pooling, squared L2, sigma = 4 px at every image size.
 PAPER_PARAMS: dict[str, Any] = {**DEFAULT_PARAMS, "aggregation": "public", "distance": "squared",
-                                "smoothing_scale": "resolution"}
+                                "smoothing_scale": "pixels"}
 
 
 def patch_embeddings(features: list[torch.Tensor], aggregation: str, patch_size: int, pretrain_dim: int,

@@ -57,8 +57,11 @@ def test_sigma_follows_the_evaluation_resolution_when_asked():
 
 
 def test_paper_params_are_the_literal_public_code():
+    """The public RescaleSegmentor blurs with sigma = 4 px at whatever size it upsamples to (issue 17: the
+    'resolution' reading was called the public code but is in neither it nor anomalib)."""
     assert {k: PAPER_PARAMS[k] for k in ("aggregation", "distance", "smoothing_scale", "num_neighbors")} == {
-        "aggregation": "public", "distance": "squared", "smoothing_scale": "resolution", "num_neighbors": 1}
+        "aggregation": "public", "distance": "squared", "smoothing_scale": "pixels", "num_neighbors": 1}
+    assert smoothing_sigma_px(PAPER_PARAMS["smoothing_sigma"], PAPER_PARAMS["smoothing_scale"], 256) == 4.0
 
 
 @pytest.mark.parametrize("params, fix", [({"aggregation": "mean"}, "public, average"),
