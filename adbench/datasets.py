@@ -217,9 +217,11 @@ def _open(path: Path, name: str | None = None, url: str | None = None) -> Image.
 
 #: How images reach the evaluation size S (the config's ``backbone.preprocess``):
 #: ``squash``: every image resized to S x S (bilinear; masks nearest), whatever its aspect ratio;
-#: ``authors``: as the FOD authors' dataset code does: MVTec AD (and the embedded set, in its layout)
-#: resized to S x S with Lanczos, BTAD and MVTec3D resized so that the shorter side is S (bilinear)
-#: and centre-cropped to S x S; masks take the same geometry with nearest-neighbour sampling.
+#: ``authors``: as the FOD authors' dataset code does (xcyao00/FOD at 7d36ddc: datasets/mvtec.py, btad.py and
+#: mvtec_3d.py, torchvision ``T.Resize(S, Image.ANTIALIAS)`` then ``T.CenterCrop(S)``): images resized with
+#: Lanczos (PIL's ANTIALIAS), MVTec AD (and the embedded set, in its layout) to S x S, BTAD and MVTec3D so
+#: that the shorter side is S (the longer one truncated, as torchvision computes it) and centre-cropped to
+#: S x S (torchvision's rounding of the offsets); masks take the same geometry with nearest-neighbour sampling.
 PREPROCESSING = ("squash", "authors")
 _CROPPED_KINDS = ("btad", "mvtec3d")
 
@@ -228,17 +230,14 @@ def _to_size(img: Image.Image, size: int, kind: str, preprocess: str, mask: bool
     """``img`` at ``size`` x ``size`` px by the ``preprocess`` rule for dataset ``kind`` (see PREPROCESSING)."""
     if preprocess not in PREPROCESSING:
         raise ValueError(f"backbone.preprocess = {preprocess!r}: use one of {PREPROCESSING}")
-    resample = Image.NEAREST if mask else Image.BILINEAR
+    resample = Image.NEAREST if mask else (Image.LANCZOS if preprocess == "authors" else Image.BILINEAR)
     if preprocess == "squash" or kind not in _CROPPED_KINDS:
-        if preprocess == "authors" and not mask:
-            resample = Image.LANCZOS
         return img if img.size == (size, size) else img.resize((size, size), resample)
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), resample)
-    left, top = (nw - size) // 2, (nh - size) // 2
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 
@@ -313,8 +312,9 @@ def load_sample(sample: Sample, size: int, *, name: str | None = None, url: str 
 
 
 def verify_samples(samples: list[Sample], *, name: str | None = None, url: str | None = None,
-                   progress: bool = True) -> None:
-    """Decode every image and mask of ``samples`` and compare their sizes, with a progress bar.
+                   progress: bool = True) -> list[tuple[int, int]]:
+    """Decode every image and mask of ``samples`` and compare their sizes, with a progress bar; returns
+    each image's (width, height) in px.
 
     Dataset preparation runs this before it writes its marker, so a truncated or corrupt file stops
     the workflow there, naming the file, instead of during feature extraction.
@@ -322,15 +322,44 @@ def verify_samples(samples: list[Sample], *, name: str | None = None, url: str |
     Raises:
         DatasetError: as ``load_sample``.
     """
+    sizes = []
     for sample in tqdm(samples, desc=f"decode {name or 'dataset'}", unit="img", disable=not progress):
         img = _open(sample.image, name, url)
         image_size = img.size
         img.close()
+        sizes.append(image_size)
         if sample.mask is not None:
             mask = _open(sample.mask, name, url)
             mask_size = mask.size
             mask.close()
             _check_mask_size(sample, image_size, mask_size, name, url)
+    return sizes
+
+
+#: Fewer normal training images than this draw a warning (the paper's datasets have 60 to 1,000 per
+#: category): every method learns "normal" from them, and with a handful it lands near chance.
+MIN_TRAIN_IMAGES = 10
+
+
+def small_data_warnings(where: str, n_train: int, sizes: list[tuple[int, int]], image_size: int) -> list[str]:
+    """Why a category's numbers may be near chance although nothing failed: too few training images, or
+    images smaller than the evaluation size (upsampled, so their features carry little detail).
+
+    ``where``: the category (``dataset/category``) and its folder, for the message; ``sizes``: every image's
+    (width, height) in px; ``image_size``: the config's ``backbone.image_size``.
+    """
+    found = []
+    if n_train < MIN_TRAIN_IMAGES:
+        found.append(f"{where}: only {n_train} normal training image(s) (fewer than {MIN_TRAIN_IMAGES}); every "
+                     f"method learns what is normal from them, so expect AUROCs near chance.  Add normal images "
+                     f"to its train/ folder (the paper's categories have 60 to 1,000).")
+    small = [(w, h) for w, h in sizes if min(w, h) < image_size]
+    if small:
+        w, h = min(small, key=lambda s: s[0] * s[1])
+        found.append(f"{where}: {len(small)} of {len(sizes)} images are smaller than backbone.image_size = "
+                     f"{image_size} px (the smallest {w}x{h}); they are upsampled, and features of upsampled "
+                     f"images carry little detail.  Use larger images or a smaller backbone.image_size.")
+    return found
 
 
 def defect_kinds(dataset_kind: str) -> dict[str, str]:

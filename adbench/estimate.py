@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from adbench.backbone import BACKBONES, STRIDES
 from adbench.runs import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +40,6 @@ IMAGE_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
                 "rope": (298, 101), "tire": (210, 112)},
 }
 ARCHIVE_GB = {"mvtec_ad": 4.9, "btad": 1.9, "mvtec3d": 12.0}  # downloads, kept in results/downloads
-# Channels at strides 8 and 16 of each backbone (adbench.backbone cuts it after stride 16).
-LEVEL_CHANNELS = {"tf_efficientnet_lite0": (40, 112), "tf_efficientnet_b6": (72, 200),
-                  "wide_resnet50_2": (512, 1024)}
-STRIDES = (8, 16)
 
 
 def passes(impl: str, params: dict) -> int:
@@ -55,7 +52,8 @@ def passes(impl: str, params: dict) -> int:
 
 
 def cache_bytes_per_image(backbone: str, size: int) -> int:
-    features = sum(c * (size // s) ** 2 for c, s in zip(LEVEL_CHANNELS[backbone], STRIDES)) * 4
+    """Bytes one image takes in the caches: float32 features at strides 8 and 16, the uint8 image and mask."""
+    features = sum(c * (size // s) ** 2 for c, s in zip(BACKBONES[backbone].channels, STRIDES)) * 4
     return features + size * size * 3 + size * size
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adbench.backbone import BACKBONES, Backbone
 from adbench.determinism import kernel_provenance
 from adbench.features import cache_meta, load_split
 from adbench.integrity import file_digests, write_scores
@@ -50,8 +51,6 @@ def build_method(cfg: dict[str, Any], weights_dir: str | Path) -> AnomalyMethod:
     ``feature_extractor``."""
     model = method_class(cfg["impl"])(cfg["params"], cfg["seed"])
     if hasattr(model, "feature_extractor") and cfg["params"].get("reconstruction") == "backbone":
-        from adbench.backbone import Backbone
-
         model.feature_extractor = Backbone(cfg["backbone"], Path(weights_dir))
     return model
 
@@ -171,6 +170,7 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
         "evaluation_resolution": test.image_size, "n_test": len(test), "n_anomalous": int(test.labels.sum()),
         "predict_seconds": predict_seconds, "fit_seconds": identity["fit_seconds"],
         "device": str(run_on), "device_name": device_name(run_on),
+        **BACKBONES[identity["backbone"]].record(),
         **{k: identity[k] for k in ("dataset", "dataset_kind", "category", "method", "impl", "seed", "backbone",
                                     "config_hash", "git_commit", "cpu_isa", "cpu_capability", "preprocess")},
     }

@@ -54,10 +54,11 @@ def expected_cells(config: dict[str, Any]) -> list[tuple[str, str, str, int]]:
 def cell_hashes(config: dict[str, Any]) -> dict[str, str]:
     """``{"<dataset>/<category>/<method>/seed<k>": config hash}`` of every expected cell (the hash each
     cell's ``metrics.json`` records; method params resolved against their defaults, as the workflow does)."""
-    from adbench.registry import check_method_entry
+    from adbench.registry import cell_params
 
-    params = {m: check_method_entry(m, config["methods"][m]) for m in config["run"]["methods"]}
-    return {cell_key(*cell): config_hash(run_config(config, cell[0], cell[2], cell[3], params[cell[2]]))
+    params = {(m, c): cell_params(m, config["methods"][m], c)
+              for ds, c, m, _ in expected_cells(config)}
+    return {cell_key(*cell): config_hash(run_config(config, cell[0], cell[2], cell[3], params[cell[2], cell[1]]))
             for cell in expected_cells(config)}
 
 

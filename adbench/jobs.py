@@ -44,21 +44,28 @@ def download_dataset(source: dict, sha256: str | None, archive_dir: str, ready: 
     write_atomic(ready, json.dumps({"root": str(root), "url": source["url"]}, indent=1))
 
 
-def prepare_category(source: dict, category: str, ready: str) -> None:
+def prepare_category(source: dict, category: str, image_size: int, ready: str) -> None:
     """Check one category of a real dataset on disk; write ``ready`` only when all of it is usable.
 
     Every image and mask is decoded (and each mask's size compared with its image's) first, so a
     truncated or corrupt file stops the workflow here, naming it, and a broken category never gets the
     marker.  ``source``: the dataset's ``name`` (its key in the config, for the messages' ``datasets.<name>``
-    and ``download_<name>``), ``kind``, ``root`` and ``url``.
+    and ``download_<name>``), ``kind``, ``root`` and ``url``.  Too few training images, or images smaller
+    than ``image_size`` (the evaluation size, px), are warned about in the log and listed under
+    ``warnings`` in the marker (the workflow prints them at its end).
     """
-    from adbench.datasets import SPLITS, list_samples, verify_samples
+    from adbench.datasets import SPLITS, list_samples, small_data_warnings, verify_samples
 
     name, url = source["name"], source.get("url")
     samples = {s: list_samples(source["kind"], Path(source["root"]), category, s, name=name, url=url) for s in SPLITS}
-    verify_samples([x for items in samples.values() for x in items], name=name, url=url)
+    sizes = verify_samples([x for items in samples.values() for x in items], name=name, url=url)
     counts = {s: len(items) for s, items in samples.items()}
-    write_atomic(ready, json.dumps({"root": source["root"], "category": category, "counts": counts}, indent=1))
+    where = f"{name}/{category} ({Path(source['root']) / category})"
+    found = small_data_warnings(where, counts["train"], sizes, image_size)
+    for message in found:
+        print(f"WARNING: {message}", flush=True)
+    write_atomic(ready, json.dumps({"root": source["root"], "category": category, "counts": counts,
+                                    "warnings": found}, indent=1))
 
 
 def extract_features(source: dict, category: str, split: str, backbone: str, image_size: int,

@@ -67,3 +67,20 @@ def check_method_entry(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
         raise MethodConfigError(f"methods.{name}.params.{err.key} = {err.value!r}: {err.fix}") from None
     except (ValueError, TypeError) as err:
         raise MethodConfigError(f"methods.{name}.params (impl {impl!r}): {err}") from None
+
+
+def cell_params(name: str, entry: Mapping[str, Any], category: str) -> dict[str, Any]:
+    """The resolved params of ``methods.<name>`` for one category: ``params`` with the entry's
+    ``per_category[category]`` laid over them (a value tuned per class, e.g. PatchSVDD's ``lambda``), checked
+    as ``check_method_entry`` checks ``params``.
+
+    Raises:
+        MethodConfigError: as ``check_method_entry``, saying which ``per_category`` entry was laid over.
+    """
+    override = (entry.get("per_category") or {}).get(category)
+    if override is None:
+        return check_method_entry(name, entry)
+    try:
+        return check_method_entry(name, {**entry, "params": {**(entry.get("params") or {}), **override}})
+    except MethodConfigError as err:
+        raise MethodConfigError(f"{err} (methods.{name}.per_category.{category} laid over methods.{name}.params)") from None

@@ -321,7 +321,7 @@ def table1(runs: pd.DataFrame, methods: list[str], dataset: str) -> Table:
              f"paper's on all of MVTec AD: no differences are computed")
     caption = (f"Table 1: image- and pixel-level AUROC, the paper's Table 1 (MVTec AD; literature rows reported, "
                f"not rerun) with the methods reproduced here; {where}; ± std over seeds; "
-               f"{_preprocessing(runs)}")
+               f"{_inputs(runs)}")
     return Table("table1", caption, values, ["image_auroc", "pixel_auroc"], std, seeds, emphasis=EMPHASIS["table1"],
                  text_columns=["group", "venue", "status"])
 
@@ -357,7 +357,7 @@ def table3(runs: pd.DataFrame, methods: list[str], datasets: list[str]) -> Table
     values = pd.DataFrame(rows, index=pd.Index(index, name="dataset")).reindex(columns=columns)
     caption = ("Table 3: image- and pixel-level AUROC per dataset (mean over its categories, ± std over seeds); "
                "`paper:*`: the paper's Table 3 where the dataset is BTAD or MVTec3D-RGB and all of its "
-               f"categories were run; {_preprocessing(runs)}")
+               f"categories were run; {_inputs(runs)}")
     return Table("table3", caption, values, list(methods), pd.DataFrame(std_rows, index=values.index),
                  pd.DataFrame(seed_rows, index=values.index), emphasis=EMPHASIS["table3"])
 
@@ -415,14 +415,20 @@ def table4(runs: pd.DataFrame, labels: dict[str, str], datasets: list[str]) -> T
     caption = ("Table 4: FOD ablations, image-level AUROC (mean over categories, ± std over seeds).  Our columns "
                f"average the categories run here ({'; '.join(counts)}); the `paper:*` columns are the paper's "
                "published means over all categories of its datasets, compared (`diff:*`) only where every "
-               f"category of the same dataset was run{raw_note}; {_preprocessing(runs)}")
+               f"category of the same dataset was run{raw_note}; {_inputs(runs)}")
     return Table("table4", caption, values, list(datasets) + ["avg"], std, seeds, emphasis=EMPHASIS["table4"])
 
 
-def _preprocessing(runs: pd.DataFrame) -> str:
-    """Which image preprocessing (``backbone.preprocess``) the runs used, for a table's caption."""
+def _inputs(runs: pd.DataFrame) -> str:
+    """Which backbone checkpoint (timm tag and file) and image preprocessing (``backbone.preprocess``) the
+    runs used, for a table's caption."""
+    tags = (sorted(set(zip(runs["backbone_tag"], runs["backbone_file"])))
+            if {"backbone_tag", "backbone_file"} <= set(runs) and runs["backbone_tag"].notna().all() else [])
+    backbone = ("backbone " + ", ".join(f"`{tag}` (`{file}`)" for tag, file in tags) if tags
+                else "backbone checkpoint not recorded")
     used = sorted(set(runs["preprocess"].dropna())) if "preprocess" in runs else []
-    return f"images preprocessed by `{'`, `'.join(used)}` (backbone.preprocess)" if used else "preprocessing not recorded"
+    images = f"images preprocessed by `{'`, `'.join(used)}` (backbone.preprocess)" if used else "preprocessing not recorded"
+    return f"{backbone}; {images}"
 
 
 # ---- rendering -----------------------------------------------------------------------------------------
@@ -536,7 +542,7 @@ def per_category_caption(runs: pd.DataFrame, dataset: str, metric: str) -> str:
     return (f"{number}: {METRIC_LABEL[metric]} per category on `{dataset}` (mean ± std over seeds "
             f"{sorted(set(runs['seed']))}); `paper:*`: the paper's values for the same categories and their "
             f"mean over the categories run here, `diff:*` = ours - paper, the paper's published all-category "
-            f"mean in its own row; {_preprocessing(runs)}")
+            f"mean in its own row; {_inputs(runs)}")
 
 
 def build_table(spec: dict, runs: pd.DataFrame, name: str) -> Table:

@@ -20,8 +20,9 @@ Faithful to the authors' public code (facts read from it, code written anew)
   the image; both patches get an RGB shift and pixel noise N(0, 0.02).  SVDD pairs: jitter per axis in
   [-K/32, K/32], not both zero, clipped.
 - Loss: CE(pos, big) + CE(pos, small) + lambda * (SVDD big + SVDD small), SVDD = mean L2 norm of the
-  embedding difference; lambda = 1 (the public default; its README uses 1e-3 for some classes, and too
-  large a lambda collapses the embedding); Adam lr 1e-4, batch 64 of each of the four tasks, each epoch
+  embedding difference; lambda = 1e-3 (the public README's only command; main_train.py's argparse default
+  is 1, its author tunes lambda per class, and too large a lambda collapses the embedding: a per-class
+  value goes in the config's ``per_category``); Adam lr 1e-4, batch 64 of each of the four tasks, each epoch
   visits every image ``repeat`` = 100 times, 300 epochs (:data:`PAPER_PARAMS`).
 - Input: (x - per-pixel mean of the training images) / 255, with x in [0, 255].
 - Test: embeddings on a dense grid (stride 16 for 64-px patches, 4 for 32-px ones at 256 px), L2 distance

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from adbench.backbone import BackboneWeightsMissing, weights_file
 from adbench.datasets import DatasetError, list_samples
 from adbench.protocol import ParamError
 from adbench.registry import IMPLEMENTATIONS, MethodConfigError, check_method_entry, method_class
@@ -45,6 +44,12 @@ BAD_CONFIGS = {
                          ["run.one_seed names 'fodd', which is not defined under methods"]),
     "zero_image_size": ("backbone: {image_size: 0}",
                         ["0 is less than the minimum of 32", "['backbone']['image_size']"]),
+    "per_category_unknown": ("methods: {patchsvdd: {per_category: {brickk: {lambda: 1.0}}}}",
+                             ["methods.patchsvdd.per_category names 'brickk', which is not a category of "
+                              "run.datasets", "brick, coins"]),
+    "per_category_bad_value": ("methods: {patchsvdd: {per_category: {brick: {epochs: 0}}}}",
+                               ["methods.patchsvdd.params.epochs = 0: must be >= 1",
+                                "(methods.patchsvdd.per_category.brick laid over methods.patchsvdd.params)"]),
 }
 
 
@@ -63,11 +68,8 @@ def test_bad_config_stops_before_anything_is_prepared(tmp_path, case):
 def test_dataset_hints_name_only_rules_the_workflow_defines(tmp_path):
     """The fixes in dataset errors name `download_<name>` (the dataset's key, not its kind) and
     `generate_embedded`; both are rules of the workflow for such a config."""
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "tf_efficientnet_b6.safetensors").touch()  # listing rules loads no weights
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"datasets: {{mvtec: {{kind: mvtec_ad, root: {tmp_path / 'mvtec'}, categories: [bottle]}}}}\n"
-                   f"backbone: {{name: tf_efficientnet_b6, weights_dir: {tmp_path / 'w'}}}\n")
+    cfg.write_text(f"datasets: {{mvtec: {{kind: mvtec_ad, root: {tmp_path / 'mvtec'}, categories: [bottle]}}}}\n")
     proc = snakemake(tmp_path, "--list-rules", "--configfile", str(cfg))
     assert proc.returncode == 0, proc.output[-2000:]
     rules = {line.split()[0] for line in proc.stdout.splitlines() if line and not line[0].isspace()}
@@ -86,8 +88,8 @@ def test_dataset_hints_name_only_rules_the_workflow_defines(tmp_path):
 
 # ------------------------------------------------------------------------ check_method_entry, directly
 
-EPOCH_KEYS = [("fod", "epochs"), ("cflow", "meta_epochs"), ("cflow", "sub_epochs"), ("mkd", "epochs"),
-              ("draem", "epochs"), ("patchsvdd", "epochs"), ("patchsvdd", "repeat")]
+#: Every (method, param that counts passes over the data) the registry declares (``epoch_params``).
+EPOCH_KEYS = [(impl, key) for impl in sorted(IMPLEMENTATIONS) for key in method_class(impl).epoch_params]
 
 
 @pytest.mark.parametrize("impl,key", EPOCH_KEYS)
@@ -109,10 +111,14 @@ def test_constructors_reject_epoch_counts_below_one(impl, key):
     assert err.value.key == key and err.value.value == 0
 
 
-def test_the_epoch_params_each_method_declares():
-    declared = {impl: method_class(impl).epoch_params for impl in IMPLEMENTATIONS}
-    assert declared == {"patchcore": (), "cflow": ("meta_epochs", "sub_epochs"), "mkd": ("epochs",),
-                        "draem": ("epochs",), "patchsvdd": ("epochs", "repeat"), "fod": ("epochs",)}
+@pytest.mark.parametrize("impl", sorted(IMPLEMENTATIONS))
+def test_a_method_that_takes_optimiser_steps_declares_what_counts_them(impl):
+    """epoch_params are real params of the method, and a method whose learning check says it trains
+    declares at least one (else epochs: 0 would silently train nothing)."""
+    cls = method_class(impl)
+    assert set(cls.epoch_params) <= set(cls.check_params({}))
+    trains = any(budget["trains"] for budget in cls.learning_budget.values())
+    assert bool(cls.epoch_params) == trains, f"{impl}: trains={trains}, epoch_params={cls.epoch_params}"
 
 
 def test_a_fractional_epoch_count_is_refused():
@@ -154,8 +160,3 @@ def test_good_entries_resolve_to_the_full_params():
     assert fod["epochs"] == 1 and fod["intra"] is False and fod["score"] == "rec"
     assert check_method_entry("p", {"impl": "patchcore", "params": None})["coreset_ratio"] > 0
 
-
-def test_missing_backbone_weights_name_the_file_to_put_where(tmp_path):
-    with pytest.raises(BackboneWeightsMissing) as err:
-        weights_file("tf_efficientnet_b6", tmp_path)
-    assert str(tmp_path / "tf_efficientnet_b6.safetensors") in str(err.value)

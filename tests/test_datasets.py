@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -281,7 +282,7 @@ def test_prepare_category_writes_its_marker_for_a_sound_dataset(tmp_path):
 
     root = make_mvtec(tmp_path / "mvtec")
     ready = tmp_path / "dataset.ready"
-    prepare_category(_source(root), "bottle", str(ready))
+    prepare_category(_source(root), "bottle", 64, str(ready))
     assert json.loads(ready.read_text())["counts"] == {"train": 3, "test": 5}
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -295,7 +296,7 @@ def test_prepare_category_decodes_every_file_before_its_marker(tmp_path, url):
     broken.write_bytes(broken.read_bytes()[:40])  # truncated: the header reads, the pixels do not
     ready = tmp_path / "dataset.ready"
     with pytest.raises(DatasetError) as err:
-        prepare_category(_source(root, url), "bottle", str(ready))
+        prepare_category(_source(root, url), "bottle", 64, str(ready))
     assert not ready.exists() and not list(tmp_path.glob("*.tmp"))
     assert f"cannot read image {broken}" in str(err.value)
     if url:
@@ -312,7 +313,7 @@ def test_prepare_category_refuses_a_mask_of_another_size(tmp_path):
     mask = _mask(root / "bottle/ground_truth/broken_large/000_mask.png", size=9)
     ready = tmp_path / "dataset.ready"
     with pytest.raises(DatasetError, match=f"mask {mask} is 9x9 px but its image .* is 8x8 px"):
-        prepare_category(_source(root), "bottle", str(ready))
+        prepare_category(_source(root), "bottle", 64, str(ready))
     assert not ready.exists()
 
 
@@ -321,7 +322,7 @@ def test_prepare_category_without_url_names_the_entry_to_fix(tmp_path):
 
     ready = tmp_path / "dataset.ready"
     with pytest.raises(DatasetError) as err:
-        prepare_category(_source(tmp_path / "absent"), "bottle", str(ready))
+        prepare_category(_source(tmp_path / "absent"), "bottle", 64, str(ready))
     assert "datasets.mvtec has no `url`" in str(err.value) and "datasets.mvtec.root" in str(err.value)
     assert not ready.exists()
 
@@ -375,6 +376,30 @@ def test_authors_preprocessing_crops_btad_and_mvtec3d_to_the_centre(tmp_path, ki
     assert load_mask(tmp_path / "m.png", 12, kind=kind, preprocess="squash").sum() == 12 * 2
 
 
+@pytest.mark.parametrize("kind", ["btad", "mvtec3d"])
+@pytest.mark.parametrize("shape", [(40, 57), (61, 40), (43, 43), (33, 70)])
+def test_authors_preprocessing_of_btad_and_mvtec3d_is_torchvisions_lanczos_resize_and_centre_crop(tmp_path, kind, shape):
+    """The authors' btad.py / mvtec_3d.py: T.Resize(S, Image.ANTIALIAS) (Lanczos on the shorter side, the
+    longer one truncated) then T.CenterCrop(S), for images and (nearest) masks, pixel for pixel; the shapes
+    give odd and even crop margins (torchvision rounds them half to even)."""
+    from torchvision import transforms as T
+
+    size = 24
+    rng = np.random.default_rng(sum(shape))
+    path = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+    mask = tmp_path / "mask.png"
+    Image.fromarray((rng.random(shape) > 0.7).astype(np.uint8) * 255).save(mask)
+    ours = load_image(path, size, kind=kind, preprocess="authors")
+    resize = T.Resize(size, T.InterpolationMode.LANCZOS)
+    with Image.open(path) as img:
+        expected = np.asarray(T.CenterCrop(size)(resize(img.convert("RGB")))).transpose(2, 0, 1)
+    np.testing.assert_array_equal(ours, expected)
+    with Image.open(mask) as img:
+        expected_mask = np.asarray(T.CenterCrop(size)(T.Resize(size, T.InterpolationMode.NEAREST)(img))) > 0
+    np.testing.assert_array_equal(load_mask(mask, size, kind=kind, preprocess="authors").astype(bool), expected_mask)
+
+
 def test_authors_preprocessing_resizes_mvtec_with_lanczos(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "noise.png"
@@ -402,3 +427,24 @@ def test_a_16_bit_image_with_only_8_bit_values_is_read_with_a_warning_naming_it(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert (load_image(bright, 8) == 200).all()  # 51400 / 65535 * 255 = 200: no warning
+
+
+def test_a_category_with_one_training_image_or_tiny_images_is_warned_about_with_count_and_size(tmp_path, capsys):
+    """Both used to run without a word and land near chance (issue 17); now rule prepare_category prints
+    the warning in its log and lists it in its marker, which the workflow prints at its end."""
+    from adbench.embedded import EmbeddedConfig, generate_category
+    from adbench.jobs import prepare_category
+
+    generate_category(tmp_path / "src", "brick", EmbeddedConfig(seed=0, size=32, n_train=1, n_test_good=2,
+                                                                 n_test_anomalous=2))
+    shutil.copytree(tmp_path / "src" / "brick", tmp_path / "mvtec" / "carpet")
+    source = {"name": "mvtec", "kind": "mvtec_ad", "root": str(tmp_path / "mvtec"), "url": None}
+    prepare_category(source, "carpet", 64, str(tmp_path / "carpet.verified"))
+    marker = json.loads((tmp_path / "carpet.verified").read_text())
+    found, n = marker["warnings"], sum(marker["counts"].values())
+    assert len(found) == 2 and all(m.startswith(f"mvtec/carpet ({tmp_path / 'mvtec' / 'carpet'})") for m in found)
+    assert "only 1 normal training image(s)" in found[0]
+    assert f"{n} of {n} images are smaller than backbone.image_size = 64 px (the smallest 32x32)" in found[1]
+    assert found[0] in capsys.readouterr().out
+    prepare_category(source, "carpet", 32, str(tmp_path / "again.verified"))  # at their own size: no upsampling
+    assert [m for m in json.loads((tmp_path / "again.verified").read_text())["warnings"] if "smaller" in m] == []

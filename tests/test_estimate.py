@@ -12,7 +12,7 @@ def _bench(seconds_per_epoch: float) -> dict:
     methods = {impl: {"seconds_per_epoch": seconds_per_epoch, "predict_seconds": 2.0}
                for impl in ("patchcore", "cflow", "mkd", "draem", "patchsvdd", "fod")}
     return {"device_name": "test", "settings": {"n_train": 10, "n_test": 4, "size": 256}, "methods": methods,
-            "extraction": {"backbone": "tf_efficientnet_b6", "seconds_per_image": 0.5}}
+            "extraction": {"backbone": "tf_efficientnet_b6.aa_in1k", "seconds_per_image": 0.5}}
 
 
 def test_the_paper_profile_in_jobs_hours_and_disk():
@@ -33,7 +33,7 @@ def test_the_paper_profile_in_jobs_hours_and_disk():
     assert hours["(feature extraction)"] == pytest.approx(result["images"] * 0.5 / 3600)
     assert hours["total"] == pytest.approx(sum(v for k, v in hours.items() if k != "total"))
     # b6 at 256 px: 72 x 32^2 + 200 x 16^2 float32 per image, plus the image and the mask
-    assert cache_bytes_per_image("tf_efficientnet_b6", 256) == (72 * 1024 + 200 * 256) * 4 + 256 * 256 * 4
+    assert cache_bytes_per_image("tf_efficientnet_b6.aa_in1k", 256) == (72 * 1024 + 200 * 256) * 4 + 256 * 256 * 4
     assert result["disk_gb"]["feature_cache"] == pytest.approx(result["images"] * 761856 / 1e9)
 
 

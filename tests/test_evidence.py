@@ -11,11 +11,13 @@ from PIL import Image
 
 import browser
 from adbench.significance import delong
-from workflow_runs import snakemake
+from adbench.runs import load_config
+from workflow_runs import ROOT, snakemake
 
 TABLES = ["table1", "table2", "table2_pixel", "table3", "table4", "defects_image", "defects_pixel"]
-CATEGORIES = ["brick", "coins"]
-BASELINES = ["draem", "patchsvdd", "mkd", "patchcore", "cflow", "fod_paper"]  # table2's methods but fod
+CI = load_config(ROOT / "config" / "ci.yaml")
+CATEGORIES = CI["datasets"]["embedded"]["categories"]
+BASELINES = [m for m in CI["tables"]["table2"]["methods"] if m != "fod"]  # table2's methods but the reference
 
 
 def test_every_table_in_three_formats(ci_run):

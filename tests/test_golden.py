@@ -125,3 +125,21 @@ def test_the_summary_names_the_moved_cells_and_where_the_outputs_are(golden_copy
     text = summary(results, config, ["config/ci.yaml"], root)
     assert "embedded/coins/fod/seed1 image_auroc" in text and "reproduced exactly" not in text
     assert "No committed reference for this config" in summary(results, config, ["config/paper.yaml"], root)
+
+
+def test_a_per_category_param_changes_only_that_categorys_cell_hashes():
+    """methods.<m>.per_category.<c> lays params over methods.<m>.params for category c only (PatchSVDD's
+    lambda is tuned per class by its author): its cells get their own config hash, which the workflow
+    (workflow/rules/common.smk cell_config) and the golden files compute the same way."""
+    from adbench.golden import cell_hashes
+    from adbench.registry import cell_params
+
+    config = load_config(ROOT / "config" / "ci.yaml")
+    before = cell_hashes(config)
+    config["methods"]["patchsvdd"]["per_category"] = {"brick": {"lambda": 1.0}}
+    after = cell_hashes(config)
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {key for key in before if key.startswith("embedded/brick/patchsvdd/")} and changed
+    entry = config["methods"]["patchsvdd"]
+    assert cell_params("patchsvdd", entry, "brick")["lambda"] == 1.0
+    assert cell_params("patchsvdd", entry, "coins")["lambda"] == 1e-3  # the default, from params

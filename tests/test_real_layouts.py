@@ -79,6 +79,9 @@ def test_all_tables_on_a_real_layout(kind, embedded, tmp_path, served):
     }))
     proc = snakemake(tmp_path, "all_tables", ci=False, configs=(config,))
     assert proc.returncode == 0, proc.output[-4000:]
+    # 8 training images: fewer than adbench.datasets.MIN_TRAIN_IMAGES, said at the end of the run
+    assert f"data warning: {kind}/{category} (" in proc.output
+    assert f"only {SOURCE.n_train} normal training image(s)" in proc.output
 
     results = tmp_path / "results"
     metrics = json.loads((results / kind / category / "fod" / "seed0" / "metrics.json").read_text())

@@ -208,3 +208,18 @@ def test_the_per_defect_table_lists_types_kinds_and_the_pooled_number(tmp_path):
     assert t.loc["a / scratch (local)", "x"] == pytest.approx(0.905) and t.loc["a / scratch (local)", "x:seeds"] == 2
     assert t.loc["mean over categories: local", "y"] == pytest.approx(0.9)
     assert t.loc["pooled over defects (mean over categories)", "y"] == pytest.approx(0.75)  # pixel_auroc field
+
+
+def test_captions_name_the_backbone_tag_and_checkpoint_the_runs_record(tmp_path):
+    """A table says which checkpoint made its features (issue 17: b6's AutoAugment vs Noisy Student weights
+    give different numbers under one architecture name); runs without the record say so."""
+    weights = {"backbone_tag": "tf_efficientnet_b6.aa_in1k", "backbone_file": "tf_efficientnet_b6_aa-80ba17e4.pth",
+               "backbone_sha256": "80ba17e4", "preprocess": "authors"}
+    paths = _runs(tmp_path, "embedded", [("a", "x", 0, 0.8), ("b", "x", 0, 0.7)], extra=lambda row: weights)
+    write_table2(paths, "d", ["x"], tmp_path / "t.csv", tmp_path / "t.md")
+    caption = (tmp_path / "t.md").read_text().split("\n\n")[0]
+    assert ("backbone `tf_efficientnet_b6.aa_in1k` (`tf_efficientnet_b6_aa-80ba17e4.pth`); "
+            "images preprocessed by `authors`") in caption
+    old = _runs(tmp_path / "old", "embedded", [("a", "x", 0, 0.8)])
+    write_table2(old, "d", ["x"], tmp_path / "o.csv", tmp_path / "o.md")
+    assert "backbone checkpoint not recorded" in (tmp_path / "o.md").read_text()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -17,10 +18,13 @@ import pandas as pd
 import pytest
 
 from adbench.determinism import ISA_VARIABLES
+from adbench.golden import cell_key, expected_cells
 from adbench.reseeding import compare
 from adbench.runs import load_config
 from workflow_runs import ROOT, snakemake, snakemake_command, table_texts
 
+CI = load_config(ROOT / "config" / "ci.yaml")
+PAPER_ORDER = ["draem", "patchsvdd", "mkd", "patchcore", "cflow", "fod", "fod_paper"]  # the paper's Table 2
 METRICS = {
     "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
 
@@ -30,7 +34,8 @@ def test_all_tables_writes_table2_with_every_category(ci_run):
     assert list(table.index) == ["brick", "coins", "mean"]
     assert table.loc["mean", "patchcore"] == pytest.approx(table.loc[["brick", "coins"], "patchcore"].mean(), abs=1e-4)
     ours = [c for c in table.columns if ":" not in c]
-    assert ours == ["draem", "patchsvdd", "mkd", "patchcore", "cflow", "fod", "fod_paper"]  # the paper's order
+    assert ours == CI["tables"]["table2"]["methods"]  # by default run.methods without the ablations, in order
+    assert ours[:len(PAPER_ORDER)] == PAPER_ORDER  # the paper's order
     # fod ran seeds 0 and 1 (config/ci.yaml): mean and std over them, from the runs' metrics.json
     runs = [json.loads((ci_run / f"results/embedded/brick/fod/seed{s}/metrics.json").read_text()) for s in (0, 1)]
     values = [r["image_auroc"] for r in runs]
@@ -55,6 +60,11 @@ def test_each_run_writes_traceable_metrics_and_per_image_scores(ci_run):
     assert metrics["evaluation_resolution"] == 64
     assert re.fullmatch(r"[0-9a-f]{12}", metrics["config_hash"])
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", metrics["git_commit"])
+    # the checkpoint the features came from: timm tag, file and the SHA-256 it was checked against
+    assert (metrics["backbone_tag"], metrics["backbone_file"]) == ("tf_efficientnet_lite0", "efficientnet-lite0-57934424.pth")
+    assert re.fullmatch(r"[0-9a-f]{64}", metrics["backbone_sha256"])
+    assert "backbone `tf_efficientnet_lite0` (`efficientnet-lite0-57934424.pth`)" in (
+        ci_run / "results" / "tables" / "table2.md").read_text()
     scores = pd.read_csv(run / "scores.csv")
     assert list(scores.columns) == ["id", "label", "defect_type", "score"]
     assert len(scores) == metrics["n_test"] and scores.label.sum() == metrics["n_anomalous"]
@@ -65,9 +75,7 @@ def test_runs_are_logged_to_mlflow(ci_run):
     """Each run is one MLflow run: params with the config hash, every metric, training curves, artifacts."""
     category = ci_run / "results" / "embedded" / "coins"
     ids = json.loads((category / "mlflow.json").read_text())
-    assert set(ids) == {f"embedded/coins/{m}/seed0" for m in ("patchcore", "cflow", "mkd", "draem", "patchsvdd",
-                                                              "fod", "fod_paper", "fod_patchwise_rec")} | {
-        "embedded/coins/fod/seed1"}
+    assert set(ids) == {cell_key(*cell) for cell in expected_cells(CI) if cell[1] == "coins"}
     metrics = json.loads((category / "fod" / "seed0" / "metrics.json").read_text())
     run_id = ids["embedded/coins/fod/seed0"]
     db = sqlite3.connect(ci_run / "results" / "mlflow.db")
@@ -250,7 +258,7 @@ def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(
     assert plan.returncode == 0, plan.output[-2000:]
     jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
     assert jobs and all("coins" not in body for _, body in jobs)
-    runs = 9  # config/ci.yaml's run.methods, fod with two seeds
+    runs = sum(cell[1] == "brick" for cell in expected_cells(CI))  # its methods, each with its seeds
     assert sorted(name for name, _ in jobs) == sorted(
         ["generate_embedded", "extract_features", "extract_features", "track_category", "category_summary"]
         + ["fit_evaluate"] * runs)
@@ -267,11 +275,21 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert re.search(r"Using workflow specific profile \S*profiles/default", proc.output)  # without a flag
     for category in ("brick", "grass", "gravel", "coins", "tray"):
         assert f"results/embedded/{category}/patchcore/seed0/metrics.json" in proc.stdout
-    # three seeds for FOD, one for the rest (run.one_seed): 5 x (3 + 13) runs
-    assert re.search(r"^fit_evaluate\s+80$", proc.stdout, flags=re.M), proc.stdout[-3000:]
+    # three seeds for FOD, one for the rest (run.one_seed, and methods that are deterministic)
+    fits = len(expected_cells(load_config()))
+    assert re.search(rf"^fit_evaluate\s+{fits}$", proc.stdout, flags=re.M), proc.stdout[-3000:]
     assert "results/embedded/tray/fod/seed2/metrics.json" in proc.stdout
     assert "results/embedded/tray/fod_paper/seed1/metrics.json" not in proc.stdout
     assert "results/embedded/tray/draem/seed1/" not in proc.stdout
+
+
+@pytest.mark.parametrize("profile", [None, "paper.yaml"])
+def test_the_workflow_passes_snakemakes_linter(tmp_path, profile):
+    """No lints (hard-coded output prefixes in params, path composition with '+', ...) for the default and
+    the paper profile (linted as a dry run: its data and weights are not here)."""
+    configs = (ROOT / "config" / profile,) if profile else ()
+    proc = snakemake(tmp_path, "--lint", "-n", ci=False, configs=configs)
+    assert "Lints for" not in proc.output and "Congratulations" in proc.output, proc.output[-3000:]
 
 
 def test_bad_config_fails_at_once_with_the_fix(tmp_path):
@@ -280,13 +298,20 @@ def test_bad_config_fails_at_once_with_the_fix(tmp_path):
     proc = snakemake(tmp_path, "-n", "all_tables", "--configfile", str(bad), ci=False)
     assert proc.returncode != 0 and "run.methods names 'nosuch'" in proc.output
     paper = tmp_path / "b6.yaml"
-    paper.write_text("backbone: {name: tf_efficientnet_b6}\n")
+    paper.write_text("backbone: {name: tf_efficientnet_b6.aa_in1k}\n")
     proc = snakemake(tmp_path, "all_tables", "--configfile", str(paper), ci=False)  # a real run: stops at once
-    assert proc.returncode != 0 and "tf_efficientnet_b6.safetensors" in proc.output
+    assert proc.returncode != 0 and "results/weights/tf_efficientnet_b6_aa-80ba17e4.pth" in proc.output
     assert not (tmp_path / "results" / "data").exists()
     plan = snakemake(tmp_path, "-n", "all_tables", "--configfile", str(paper), ci=False)  # a dry run: warns
     assert plan.returncode == 0 and "dry run only, a real run stops here" in plan.output
-    assert "tf_efficientnet_b6.safetensors" in plan.output
+    assert "tf_efficientnet_b6_aa-80ba17e4.pth" in plan.output
+    # a file under that name that is not the checkpoint (a partial download): refused, naming both digests
+    weights = tmp_path / "results" / "weights" / "tf_efficientnet_b6_aa-80ba17e4.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"partial")
+    proc = snakemake(tmp_path, "all_tables", "--configfile", str(paper), ci=False)
+    assert proc.returncode != 0 and "its SHA-256 is " + hashlib.sha256(b"partial").hexdigest() in proc.output
+    assert "expected 80ba17e4" in proc.output and not (tmp_path / "results" / "data").exists()
 
 
 @pytest.mark.parametrize("category", ["my cat", "../brick"])
@@ -310,6 +335,7 @@ def test_the_paper_profile_dry_runs_without_its_data_or_weights(tmp_path):
         assert f"datasets.{dataset}: categories" in proc.output
     assert "download_dataset" in proc.stdout  # mvtec_ad and btad have urls
     assert re.search(r"^download_dtd\s+1$", proc.stdout, flags=re.M)  # DRAEM's anomaly source, as the public code
+    assert "tf_efficientnet_b6_aa-80ba17e4.pth" in proc.output  # the b6 checkpoint timm 0.6.12 loads
 
 
 def test_data_root_replaces_the_roots_and_names_what_is_missing(tmp_path):

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 from adbench.determinism import pin_cpu_isa
 from adbench.evidence import draws_cd_diagram, draws_paper_scatter
 from adbench.golden import folder_digest, overlays, reference_named
-from adbench.registry import check_method_entry
+from adbench.registry import cell_params, check_method_entry
 from adbench.runs import config_hash, run_config, run_folder
 from adbench.tracking import store_problem
 from adbench.runs import method_seeds as seeds_of
@@ -33,7 +33,7 @@ DATA_ROOT = config.get("data_root")
 
 def _check_config():
     """Cross-field checks a JSON schema cannot express; fail at parse time with the fix.  Returns each
-    run method's resolved params."""
+    run method's resolved params, and those of the (method, category) cells with a ``per_category`` entry."""
     for ds in config["run"]["datasets"]:
         if ds not in config["datasets"]:
             raise ValueError(f"run.datasets names '{ds}', which is not defined under datasets: in the config")
@@ -45,6 +45,14 @@ def _check_config():
             raise ValueError(f"run.one_seed names '{m}', which is not defined under methods: in the config")
     # Each method's impl, param keys and values (e.g. epochs >= 1), before anything is prepared.
     resolved = {m: check_method_entry(m, config["methods"][m]) for m in config["run"]["methods"]}
+    run_categories = {c for ds in config["run"]["datasets"] for c in config["datasets"][ds]["categories"]}
+    per_category = {}
+    for m in config["run"]["methods"]:
+        for category in config["methods"][m].get("per_category", {}):
+            if category not in run_categories:
+                raise ValueError(f"methods.{m}.per_category names '{category}', which is not a category of "
+                                 f"run.datasets ({', '.join(sorted(run_categories))}); fix its spelling or remove it")
+            per_category[m, category] = cell_params(m, config["methods"][m], category)
     tables = config["tables"]
     wanted = {"tables.table2": ([tables["table2"]["dataset"]], tables["table2"]["methods"])}
     for name in ("table3", "table4"):
@@ -63,18 +71,18 @@ def _check_config():
                 raise ValueError(f"{key} uses method '{m}', which is not in run.methods")
     # Missing data or backbone weights stop a run now, not after an hour of data preparation; a dry run
     # only warns, so that it can list the whole DAG of a profile whose data is not here (config/paper.yaml).
-    from adbench.backbone import BackboneWeightsMissing, weights_file
+    from adbench.backbone import BackboneWeightsError, weights_file
 
     problems = _missing_data()
     try:
         weights_file(BACKBONE, Path(config["backbone"]["weights_dir"]))
-    except BackboneWeightsMissing as err:
+    except BackboneWeightsError as err:
         problems.append(str(err))
     if problems and not workflow.output_settings.dryrun:
         raise ValueError("\n".join(problems))
     for problem in problems:
         logger.warning(f"dry run only, a real run stops here: {problem}")
-    return resolved
+    return resolved, per_category
 
 
 def _missing_data():
@@ -98,9 +106,14 @@ def _missing_data():
 
 
 
-def cell_config(dataset, method, seed):
+def method_params(method, category):
+    """A method's resolved params on one category (its ``per_category`` entry laid over ``params``)."""
+    return CATEGORY_PARAMS.get((method, category), METHOD_PARAMS[method])
+
+
+def cell_config(dataset, category, method, seed):
     """What determines one run's numbers (``adbench.runs.run_config``); its hash is in metrics.json."""
-    return run_config(config, dataset, method, seed, METHOD_PARAMS[method])
+    return run_config(config, dataset, method, seed, method_params(method, category))
 
 
 def dataset_kind(dataset):
@@ -157,7 +170,7 @@ def fit_inputs(wildcards):
     """The category's cached training and test features, and DTD (rule download_dtd) for a method whose
     params read it from the workflow's folder (``anomaly_source: dtd`` with ``dtd_root`` = DTD_ROOT)."""
     inputs = {split: feature_path(wildcards.dataset, wildcards.category, split) for split in ("train", "test")}
-    params = METHOD_PARAMS[wildcards.method]
+    params = method_params(wildcards.method, wildcards.category)
     if params.get("anomaly_source") == "dtd" and params.get("dtd_root") == DTD_ROOT:
         inputs["dtd"] = f"{DTD_ROOT}.ready"
     return inputs
@@ -194,7 +207,7 @@ def expected_hashes(datasets, methods):
     """``{metrics.json path: config hash}`` of every run of ``methods`` on ``datasets`` under the current
     config; the table rules refuse a metrics.json whose hash differs (a number made with other settings)."""
     return {
-        f"{run_dir(ds, c, m, s)}/metrics.json": config_hash(cell_config(ds, m, s))
+        f"{run_dir(ds, c, m, s)}/metrics.json": config_hash(cell_config(ds, c, m, s))
         for ds in datasets
         for c in config["datasets"][ds]["categories"]
         for m in methods
@@ -295,10 +308,17 @@ OVERLAYS = overlays(workflow.configfiles, workflow.basedir)
 
 
 def print_reproduction():
-    """At the end of a successful run: the reproduction summary, when this run wrote it."""
+    """At the end of a successful run: the data warnings of the run's categories (too few training images,
+    images smaller than image_size; rule prepare_category), then the reproduction summary when this run
+    wrote it."""
+    for ds in config["run"]["datasets"]:
+        for category in config["datasets"][ds]["categories"]:
+            marker = Path(f"{RESULTS}/data/{ds}/{category}.verified")
+            for message in json.loads(marker.read_text()).get("warnings", []) if marker.exists() else []:
+                logger.warning(f"data warning: {message}")
     path = Path(REPRODUCTION)
     if path.exists() and path.stat().st_mtime >= WORKFLOW_START:
-        print("\n" + path.read_text(), flush=True)
+        print(f"\n{path.read_text()}", flush=True)
 
 
 def all_tables_inputs():
@@ -316,8 +336,9 @@ def all_tables_inputs():
     return outputs
 
 
-# The resolved params (defaults merged in) of every method the run trains: what a run's config hash covers.
-METHOD_PARAMS = _check_config()
+# The resolved params (defaults merged in) of every method the run trains, and of its cells with a
+# per_category entry: what a run's config hash covers.
+METHOD_PARAMS, CATEGORY_PARAMS = _check_config()
 
 
 wildcard_constraints:

@@ -57,6 +57,7 @@ rule prepare_category:
         f"{RESULTS}/data/{{dataset}}/{{category}}.verified",
     params:
         source=lambda w: dataset_source(w.dataset),
+        image_size=SIZE,  # images smaller than this are warned about (upsampled)
     # Cluster requests: decodes every image and mask of one category (full-size MVTec AD images).
     resources:
         cpus_per_task=lambda wc, threads: threads,
@@ -90,7 +91,7 @@ rule download_dtd:
         f"{RESULTS}/data/dtd.ready",
     params:
         url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
-        root=DTD_ROOT,
+        root=lambda w, output: output[0].removesuffix(".ready"),  # DTD_ROOT
         archive_dir=f"{RESULTS}/downloads",
     # Cluster requests: a 600 MB archive, downloaded and unpacked.
     resources:

@@ -14,7 +14,7 @@ rule fit_evaluate:
         maps=f"{RESULTS}/{{dataset}}/{{category}}/{{method}}/seed{{seed}}/maps.npz",
     params:
         # Everything that determines the run's numbers (its config hash): a change reruns the cell.
-        run=lambda w: cell_config(w.dataset, w.method, int(w.seed)),
+        run=lambda w: cell_config(w.dataset, w.category, w.method, int(w.seed)),
         weights_dir=config["backbone"]["weights_dir"],
         # Where to fit and score (auto: CUDA when present); recorded, not hashed (adbench.runs.run_config).
         device=config.get("device", "auto"),

@@ -51,7 +51,7 @@ rule significance:
         csv=report(f"{TABLES}/significance.csv", caption="../report/significance.rst", category="Significance"),
         md=f"{TABLES}/significance.md",
     params:
-        results=RESULTS,
+        results=lambda w, output: str(Path(output.md).parent.parent),  # RESULTS
         dataset=TABLE2["dataset"],
         categories=config["datasets"][TABLE2["dataset"]]["categories"],
         methods=TABLE2["methods"],
@@ -89,14 +89,14 @@ rule figures:
                 labels={"figure": stem}) for stem in figure_stems()],
         [f"{FIGURES}/{stem}.pdf" for stem in figure_stems()],
     params:
-        results=RESULTS,
+        results=lambda w, output: str(Path(output[0]).parent.parent),  # RESULTS
         dataset=TABLE2["dataset"],
         categories=config["datasets"][TABLE2["dataset"]]["categories"],
         methods=TABLE2["methods"],
         seeds=method_seed_map(TABLE2["methods"]),
         fod_methods=[m for m in TABLE2["methods"] if config["methods"][m]["impl"] == "fod"],
         feature_tag=FEATURE_TAG,
-        out=FIGURES,
+        out=lambda w, output: str(Path(output[0]).parent),  # FIGURES
         hashes=expected_hashes([TABLE2["dataset"]], TABLE2["methods"]),
     # Cluster requests (the local run ignores them).  Measured: about 30 s for the default config.
     resources:

@@ -1,4 +1,5 @@
 from adbench.jobs import job_context, prepare_category
 
 with job_context(snakemake.log[0], snakemake.threads):
-    prepare_category(dict(snakemake.params.source), snakemake.wildcards.category, snakemake.output[0])
+    prepare_category(dict(snakemake.params.source), snakemake.wildcards.category, snakemake.params.image_size,
+                     snakemake.output[0])
