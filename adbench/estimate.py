@@ -42,15 +42,6 @@ IMAGE_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
 ARCHIVE_GB = {"mvtec_ad": 4.9, "btad": 1.9, "mvtec3d": 12.0}  # downloads, kept in results/downloads
 
 
-def passes(impl: str, params: dict) -> int:
-    """Training epochs (passes over the training images) of a method entry's params."""
-    if impl == "patchcore":
-        return 1
-    if impl == "cflow":
-        return int(params["meta_epochs"]) * int(params["sub_epochs"])
-    return int(params["epochs"])
-
-
 def cache_bytes_per_image(backbone: str, size: int) -> int:
     """Bytes one image takes in the caches: float32 features at strides 8 and 16, the uint8 image and mask."""
     features = sum(c * (size // s) ** 2 for c, s in zip(BACKBONES[backbone].channels, STRIDES)) * 4
@@ -59,7 +50,7 @@ def cache_bytes_per_image(backbone: str, size: int) -> int:
 
 def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
     """Hours per device and method, job count, and disk (GB) for the profile ``config``."""
-    from adbench.registry import check_method_entry
+    from adbench.registry import cell_params, method_class
     from adbench.runs import method_seeds
 
     size, backbone = config["backbone"]["image_size"], config["backbone"]["name"]
@@ -72,7 +63,8 @@ def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
             images += n_train + n_test
             for method in config["run"]["methods"]:
                 entry = config["methods"][method]
-                params = check_method_entry(method, entry)
+                params = cell_params(method, entry, cat)
+                cls = method_class(entry["impl"])
                 seeds = len(method_seeds(config, method))
                 jobs += seeds
                 test_images += n_test * seeds
@@ -83,9 +75,11 @@ def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
                         continue
                     per_image_epoch = row["seconds_per_epoch"] / bench["settings"]["n_train"]
                     per_test_pass = row["predict_seconds"] / bench["settings"]["n_test"] * n_test
-                    # FOD's monitor_every: one more test pass every so many epochs (best-epoch-on-test column)
-                    monitored = params.get("epochs", 0) // params["monitor_every"] if params.get("monitor_every") else 0
-                    seconds = passes(entry["impl"], params) * per_image_epoch * n_train + (1 + monitored) * per_test_pass
+                    # a method that scores the test split while training (FOD's monitor_every) does so once
+                    # every monitor_interval passes: that many more test passes
+                    interval = cls.monitor_interval(params)
+                    monitored = cls.passes(params) // interval if interval else 0
+                    seconds = cls.passes(params) * per_image_epoch * n_train + (1 + monitored) * per_test_pass
                     hours[device][method] = hours[device].get(method, 0.0) + seeds * seconds / 3600
     for device, bench in benchmarks.items():
         extraction = bench.get("extraction") or {}

@@ -46,11 +46,11 @@ from adbench.tracking import RecordingTracker, git_commit
 
 
 def build_method(cfg: dict[str, Any], weights_dir: str | Path) -> AnomalyMethod:
-    """The method of run config ``cfg`` (``run_config``) with its params and seed; methods that train
-    through the frozen backbone on augmented images (DRAEM's ``reconstruction: backbone``) get it as
-    ``feature_extractor``."""
+    """The method of run config ``cfg`` (``run_config``) with its params and seed; a method whose
+    ``inputs`` include ``backbone`` (it trains through the frozen network on images the cache cannot hold,
+    e.g. DRAEM's ``reconstruction: backbone``) gets it as ``feature_extractor``."""
     model = method_class(cfg["impl"])(cfg["params"], cfg["seed"])
-    if hasattr(model, "feature_extractor") and cfg["params"].get("reconstruction") == "backbone":
+    if "backbone" in model.inputs(model.params):
         model.feature_extractor = Backbone(cfg["backbone"], Path(weights_dir))
     return model
 
@@ -77,10 +77,9 @@ def fit_run(cfg: dict[str, Any], category: str, train_path: Path, model_path: Pa
     model = build_method(cfg, weights_dir).to(run_on)
     train = load_split(train_path)
     kwargs = {}
-    monitor_every = cfg["params"].get("monitor_every", 0)
-    if monitor_every and model.monitors_test:
+    if model.monitors_test and model.monitor_interval(model.params):
         if test_path is None:
-            raise ValueError(f"{cfg['method']}: monitor_every needs the test split")
+            raise ValueError(f"{cfg['method']}: monitoring the test split while training needs it")
         kwargs["monitor"] = load_split(test_path)
     start = time.perf_counter()
     try:

@@ -37,11 +37,11 @@ def draws_paper_scatter(kind: str, categories: list[str], impls: list[str]) -> b
 
 
 def draw_figures(results: str | Path, dataset: str, categories: list[str], methods: list[str],
-                 seeds_of: dict[str, list[int]], fod_methods: list[str], feature_tag: str, out: str | Path,
+                 seeds_of: dict[str, list[int]], curve_methods: list[str], feature_tag: str, out: str | Path,
                  expected: dict[str, str] | None = None) -> list[Path]:
     """Draw every figure listed in the module docstring; returns the files written.
 
-    ``seeds_of``: each method's seeds (the workflow's ``method_seeds``); ``fod_methods``: the methods whose
+    ``seeds_of``: each method's seeds (the workflow's ``method_seeds``); ``curve_methods``: the methods whose
     training curves are drawn; ``expected``: metrics.json path -> config hash, stale runs are refused
     (``adbench.tables.load_metrics``).
     """
@@ -77,7 +77,7 @@ def draw_figures(results: str | Path, dataset: str, categories: list[str], metho
         picks = figures.pick_gallery_samples(split.ids, split.defect_types, kinds)
         rows = figures.gallery_rows(split, maps, picks, category, kinds)
         written += figures.map_gallery(rows, methods, figures.map_ranges(maps), out / f"gallery_{dataset}_{category}")
-    for method in fod_methods:
+    for method in curve_methods:
         histories = {f"{c}/seed{s}": figures.load_history(f"{run_folder(results, dataset, c, method, s)}/run.json")
                      for c in categories for s in seeds_of[method]}
         written += figures.training_curves(histories, out / f"training_{method}",

@@ -349,8 +349,19 @@ class AnomalyMethod(ABC):
     epoch_params: ClassVar[tuple[str, ...]] = ()
     #: True for a method whose ``fit`` takes ``monitor=<test Split>`` to score it while training (FOD's
     #: ``monitor_every``: the authors' best-epoch-on-test numbers, reported beside the last epoch's); the
-    #: runner hands the test split only to such a method, and only when ``monitor_every`` is set.
+    #: runner hands the test split only to such a method, and only when ``monitor_interval`` is > 0.
     monitors_test: ClassVar[bool] = False
+    #: The loss terms a non-finite-loss message (``check_finite_losses``) names; empty for a method that
+    #: takes no optimiser steps.
+    loss_terms: ClassVar[tuple[str, ...]] = ()
+    #: A fit of seconds on tests/synthetic.py's split (a few optimiser steps), for the contract, device and
+    #: numerical-guard tests; every registered method declares its own.
+    tiny_params: ClassVar[dict[str, Any]] = {}
+    #: True when ``fit`` does not depend on the seed: the runner then fits the method for the first of
+    #: ``run.seeds`` only (tests/test_contract.py checks that two seeds give the same maps).
+    deterministic: ClassVar[bool] = False
+    #: True when the run's per-epoch training losses deserve a figure (rule ``figures``: training_<method>).
+    records_curves: ClassVar[bool] = False
     #: What to change when the method's output collapses (``CollapseError``: scores or maps constant over the
     #: test split, or a collapsed embedding), naming the params that cause it; ``{name}`` stands for the
     #: method's config name.  Each trained method states its own; this is the generic advice.
@@ -397,6 +408,32 @@ class AnomalyMethod(ABC):
             UnknownParamsError, ParamError, ValueError: as ``__init__``.
         """
         return dict(cls(dict(params or {})).params)
+
+    @classmethod
+    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
+        """What a fit with the resolved ``params`` reads: ``features`` (the cache), ``images`` (the split's
+        pixels) and ``backbone`` (the frozen network itself, which the runner then sets as
+        ``method.feature_extractor`` before ``fit``: a callable mapping images to the cached levels)."""
+        return frozenset({"features"})
+
+    @classmethod
+    def ablation(cls, params: Mapping[str, Any]) -> str | None:
+        """The Table 4 row an entry with these params is (an ablation of the method), or ``None`` for the
+        method itself: Tables 2 and 3 list by default every method of ``run.methods`` that is not one."""
+        return None
+
+    @classmethod
+    def passes(cls, params: Mapping[str, Any]) -> int:
+        """Passes over the training data of one fit with the resolved ``params`` (``make estimate``
+        multiplies a measured seconds-per-pass by it): ``epochs`` if it counts them, else 1."""
+        return int(params["epochs"]) if "epochs" in cls.epoch_params else 1
+
+    @classmethod
+    def monitor_interval(cls, params: Mapping[str, Any]) -> int:
+        """Epochs between scorings of the test split while training (0: never); > 0 only for a method that
+        ``monitors_test``.  The runner hands such a method the test split; ``make estimate`` counts the
+        extra test passes."""
+        return 0
 
     @abstractmethod
     def fit(self, train: Split, tracker: Tracker | None = None) -> "AnomalyMethod":

@@ -18,6 +18,7 @@ IMPLEMENTATIONS: dict[str, str] = {
     "draem": "baselines.draem:DRAEM",
     "patchsvdd": "baselines.patchsvdd:PatchSVDD",
     "fod": "fod.method:FOD",
+    "knn_image": "baselines.knn_image:KNNImage",
 }
 
 

@@ -46,6 +46,27 @@ def run_config(config: dict, dataset: str, method: str, seed: int, params: dict[
     }
 
 
+def resolve_tables(config: dict) -> dict:
+    """Fill in the table lists a config leaves out (in place; returns ``config``): ``tables.table2.methods``
+    defaults to every method of ``run.methods`` that is not an ablation (its class's ``ablation(params)``),
+    in ``run.methods``' order, and ``tables.table3`` to every dataset of ``run.datasets`` with table2's
+    methods.  An explicit list wins, so an override config that changes ``run.methods`` need not repeat
+    the tables."""
+    from adbench.registry import IMPLEMENTATIONS, method_class
+
+    tables = config["tables"]
+
+    def headline(method: str) -> bool:  # an undefined method or impl is the config check's to report
+        entry = config["methods"].get(method, {})
+        return entry.get("impl") in IMPLEMENTATIONS and method_class(entry["impl"]).ablation(entry.get("params") or {}) is None
+
+    tables["table2"].setdefault("methods", [m for m in config["run"]["methods"] if headline(m)])
+    table3 = tables.setdefault("table3", {})
+    table3.setdefault("datasets", list(config["run"]["datasets"]))
+    table3.setdefault("methods", list(tables["table2"]["methods"]))
+    return config
+
+
 def load_config(*paths: str | Path) -> dict:
     """``config/config.yaml`` with ``paths`` laid over it in order, as ``snakemake --configfile`` merges
     them (``config/config.yaml`` itself among ``paths`` is skipped: it is already the base)."""
@@ -57,13 +78,17 @@ def load_config(*paths: str | Path) -> dict:
     for path in paths:
         if Path(path).resolve() != base.resolve():
             update_config(config, yaml.safe_load(Path(path).read_text()) or {})
-    return config
+    return resolve_tables(config)
 
 
 def method_seeds(config: dict, method: str) -> list[int]:
-    """A method's seeds: ``run.seeds``, or only the first of them for a method in ``run.one_seed``."""
+    """A method's seeds: ``run.seeds``, or only the first of them for a method in ``run.one_seed`` and for
+    one whose class is ``deterministic`` (another seed would give the same numbers)."""
+    from adbench.registry import method_class
+
     seeds = list(config["run"]["seeds"])
-    return seeds[:1] if method in config["run"].get("one_seed", []) else seeds
+    deterministic = method_class(config["methods"][method]["impl"]).deterministic
+    return seeds[:1] if deterministic or method in config["run"].get("one_seed", []) else seeds
 
 
 def config_hash(cfg: dict[str, Any]) -> str:

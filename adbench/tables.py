@@ -311,6 +311,13 @@ def table1(runs: pd.DataFrame, methods: list[str], dataset: str) -> Table:
             std_rows.append({k: stats[k].loc[m, "std"] for k in stats})
             seed_rows.append({k: stats[k].loc[m, "seeds"] for k in stats})
             index.append(f"{entry.method} [{m}]")
+    listed = set(paper["suite_method"])
+    for m in (m for m in methods if impls.get(m, m) not in listed):  # run here, absent from the paper's table
+        rows.append({"group": "", "venue": "", "status": f"reproduced here, not in the paper (`{m}` on `{dataset}`)",
+                     **{metric: stats[metric].loc[m, "mean"] for metric in stats}})
+        std_rows.append({k: stats[k].loc[m, "std"] for k in stats})
+        seed_rows.append({k: stats[k].loc[m, "seeds"] for k in stats})
+        index.append(m)
     order = ["group", "venue", "status", "image_auroc", "paper:image_auroc", "diff:image_auroc",
              "pixel_auroc", "paper:pixel_auroc", "diff:pixel_auroc"]
     values = pd.DataFrame(rows, index=pd.Index(index, name="method")).reindex(columns=order)
@@ -363,8 +370,11 @@ def table3(runs: pd.DataFrame, methods: list[str], datasets: list[str]) -> Table
 
 
 def ablation_label(method_entry: dict) -> str:
-    """Table 4 row of a FOD method entry: its ``ablation`` param, ``full`` without one."""
-    return method_entry.get("params", {}).get("ablation", "full")
+    """Table 4 row of a method entry: the ablation its params make of it (its class's ``ablation``), ``full``
+    without one."""
+    from adbench.registry import method_class
+
+    return method_class(method_entry["impl"]).ablation(method_entry.get("params") or {}) or "full"
 
 
 def table4(runs: pd.DataFrame, labels: dict[str, str], datasets: list[str]) -> Table:

@@ -53,7 +53,7 @@ batch, clamp, condition size, schedule shape) is the public code's.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -231,6 +231,8 @@ class CFlow(AnomalyMethod):
 
     name: ClassVar[str] = "cflow"
     epoch_params = ("meta_epochs", "sub_epochs")
+    loss_terms = ("loss_s8",)  # the first level's flow trains first (per-stride names: loss_s<stride>)
+    tiny_params = {"meta_epochs": 1, "sub_epochs": 2, "coupling_blocks": 2, "fiber_batch": 64}
     collapse_hint = (
         "CFLOW's map is the split's largest likelihood minus each cell's (exp(log p - max) summed over levels): it "
         "is constant when the flows give every cell the same log-likelihood, or log-likelihoods so far apart "
@@ -262,6 +264,10 @@ class CFlow(AnomalyMethod):
         self.history: list[float] = []
 
     # -- model -------------------------------------------------------------------------------------
+
+    @classmethod
+    def passes(cls, params: Mapping[str, Any]) -> int:
+        return int(params["meta_epochs"]) * int(params["sub_epochs"])
 
     def _build(self, channels: list[int]) -> None:
         p = self.params

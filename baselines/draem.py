@@ -103,7 +103,7 @@ defect maps sit above chance at the CI size: :attr:`DRAEM.learning_budget`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -431,6 +431,8 @@ class DRAEM(AnomalyMethod):
 
     name = "draem"
     epoch_params = ("epochs",)
+    loss_terms = ("loss", "l2", "ssim", "focal")
+    tiny_params = {"epochs": 2, "batch_size": 2, "resolution": 32, "progress": False}
     collapse_hint = (
         "DRAEM's map is its discriminative network's anomaly probability: it is constant when the segmentation "
         "collapsed to one class everywhere; lower methods.{name}.params.lr, raise methods.{name}.params.epochs, "
@@ -444,6 +446,11 @@ class DRAEM(AnomalyMethod):
     #: 0.661 / 0.707 / 0.644, single fits 0.29-1.0, too noisy at 20 test images to sit reliably above the floor.
     learning_budget = {"default": {"params": {"epochs": 15, "batch_size": 2, "lr": 1e-3, "progress": False},
                                    "trains": True, "bars": {"local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
+
+    @classmethod
+    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
+        """Images; with ``reconstruction: backbone`` also the cached features and the backbone itself."""
+        return frozenset({"images", "features", "backbone"} if params["reconstruction"] == "backbone" else {"images"})
 
     def __init__(
         self,

@@ -49,7 +49,7 @@ setting: 601 epochs, batch 64 in the main line's configs/config.yaml); the archi
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -240,6 +240,8 @@ class MKD(AnomalyMethod):
 
     name: ClassVar[str] = "mkd"
     epoch_params = ("epochs",)
+    loss_terms = ("loss",)
+    tiny_params = {"epochs": 2, "batch_size": 2}
     collapse_hint = (
         "MKD's map is the student/teacher discrepancy: it is constant when the student matches the teacher "
         "equally well (or badly) everywhere, i.e. it diverged or did not train; lower methods.{name}.params.lr, "
@@ -252,6 +254,11 @@ class MKD(AnomalyMethod):
     #: is the one that catches it; adbench/learning.py has the table.
     learning_budget = {"default": {"params": {"epochs": 12, "batch_size": 2}, "trains": True,
                                    "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
+
+    @classmethod
+    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
+        """The student reads the images; the teacher's targets are the cached features."""
+        return frozenset({"images", "features"})
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(merge_params("MKD", params, DEFAULT_PARAMS), seed)

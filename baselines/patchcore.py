@@ -157,6 +157,7 @@ class PatchCore(AnomalyMethod):
     """Memory bank of nominal patch features; anomaly = distance to the nearest memory entry."""
 
     name = "patchcore"
+    tiny_params = {"coreset_ratio": 0.1, "pretrain_embed_dim": 64, "target_embed_dim": 64, "projection_dim": 16}
     #: The learning check (adbench.learning; tests/test_learning.py) on the CI data: the default 10% coreset,
     #: well under a second per fit.  Seeds 0-2 (the coreset's random start), every kernel setting: image AUROC
     #: 0.849, local pixel 0.932.  It takes no optimiser step, so only the shuffled-output mutation applies.

@@ -86,7 +86,7 @@ search is the dominant test cost on a CPU).  Everything else is unchanged.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -291,6 +291,8 @@ class PatchSVDD(AnomalyMethod):
 
     name = "patchsvdd"
     epoch_params = ("epochs", "repeat")
+    loss_terms = ("loss", "pos_big", "pos_small", "svdd_big", "svdd_small")
+    tiny_params = {"epochs": 2, "repeat": 1, "batch_size": 8, "progress": False}
     collapse_hint = (
         "lower methods.{name}.params.lambda, the weight of the SVDD term that pulls the embeddings of neighbouring "
         "patches together (the public code's README uses 1e-3 for some classes; too large a lambda collapses the "
@@ -305,6 +307,11 @@ class PatchSVDD(AnomalyMethod):
     learning_budget = {"default": {
         "params": {"epochs": 8, "repeat": 8, "lr": 3e-3, "lambda": 1.0, "progress": False}, "trains": True,
         "bars": {"image_auroc": 0.78, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
+
+    @classmethod
+    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
+        """Image patches (``encoder: scratch``) or the cached features (``encoder: backbone``)."""
+        return frozenset({"features"} if params["encoder"] == "backbone" else {"images"})
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(merge_params("PatchSVDD", params, DEFAULT_PARAMS), seed)

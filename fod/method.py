@@ -10,7 +10,7 @@ computed there) and every scoring batch there; shuffles come from a CPU generato
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ class FOD(AnomalyMethod):
     name = "fod"
     epoch_params = ("epochs",)
     monitors_test = True
+    records_curves = True
+    loss_terms = ("rec", "loss1", "loss2")
+    tiny_params = {"d_model": [16, 32], "heads": 2, "layers": 1, "epochs": 2, "progress": False}
     collapse_hint = (
         "FOD's map is rec x (max(p) - p) with p = softmax(-Div) over an image's tokens: it is constant when the "
         "inter-branch attention diverges from its prior equally at every token (p uniform) or the reconstruction "
@@ -53,6 +56,16 @@ class FOD(AnomalyMethod):
         "paper": {"params": {**_LEARNING_PARAMS, "variant": "paper"}, "trains": True,
                   "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}},
     }
+
+    @classmethod
+    def ablation(cls, params: Mapping[str, Any]) -> str | None:
+        """``ablation`` (``fod.ablations.ABLATIONS``): a Table 4 row, not a Table 2 method."""
+        return params.get("ablation")
+
+    @classmethod
+    def monitor_interval(cls, params: Mapping[str, Any]) -> int:
+        """``monitor_every``: the test split is scored every so many epochs (the best-epoch-on-test column)."""
+        return int(params.get("monitor_every") or 0)
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(params, seed)

@@ -118,8 +118,11 @@ def test_the_reseeding_measurement_runs_every_method_with_every_seed(tmp_path, m
     config = load_config(ci)
     update_config(config, yaml.safe_load((tmp_path / "override.yaml").read_text()))
     assert calls and str(tmp_path / "override.yaml") in calls[0]
-    assert {m: method_seeds(config, m) for m in config["run"]["methods"]} == {
-        m: [0, 1, 2, 3, 4] for m in config["run"]["methods"]}
+    from adbench.registry import method_class
+
+    deterministic = {m for m in config["run"]["methods"] if method_class(config["methods"][m]["impl"]).deterministic}
+    assert {m: method_seeds(config, m) for m in config["run"]["methods"]} == {  # one fit says it all for these
+        m: [0] if m in deterministic else [0, 1, 2, 3, 4] for m in config["run"]["methods"]}
 
 
 def test_the_reseeding_measurement_accepts_a_relative_work_folder(tmp_path, monkeypatch):

@@ -6,11 +6,12 @@ import json
 import pytest
 
 from adbench.estimate import ROOT, cache_bytes_per_image, estimate, load_config, main
+from adbench.registry import IMPLEMENTATIONS
 
 
 def _bench(seconds_per_epoch: float) -> dict:
     methods = {impl: {"seconds_per_epoch": seconds_per_epoch, "predict_seconds": 2.0}
-               for impl in ("patchcore", "cflow", "mkd", "draem", "patchsvdd", "fod")}
+               for impl in IMPLEMENTATIONS}
     return {"device_name": "test", "settings": {"n_train": 10, "n_test": 4, "size": 256}, "methods": methods,
             "extraction": {"backbone": "tf_efficientnet_b6.aa_in1k", "seconds_per_image": 0.5}}
 

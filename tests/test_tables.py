@@ -149,6 +149,17 @@ def test_table1_marks_literature_rows_and_compares_only_like_with_like(tmp_path)
     assert sub["diff:image_auroc"].isna().all() and "no differences are computed" in (tmp_path / "t1b.md").read_text()
 
 
+def test_table1_shows_a_method_the_paper_does_not_list_instead_of_dropping_it(tmp_path):
+    """Issue 18: a method absent from the paper's Table 1 used to vanish from it without a word."""
+    rows = [(c, m, 0, 0.8) for c in ("a", "b") for m in ("patchcore", "knn_image")]
+    spec = {"kind": "table1", "dataset": "d", "methods": ["patchcore", "knn_image"]}
+    write_table(spec, _runs(tmp_path, "embedded", rows), str(tmp_path / "t1"))
+    t = pd.read_csv(tmp_path / "t1.csv", index_col=0)
+    assert t.loc["knn_image", "status"] == "reproduced here, not in the paper (`knn_image` on `d`)"
+    assert t.loc["knn_image", "image_auroc"] == pytest.approx(0.8) and pd.isna(t.loc["knn_image", "paper:image_auroc"])
+    assert "PatchCore [patchcore]" in t.index
+
+
 def test_table3_puts_the_papers_btad_numbers_beside_a_full_btad_run(tmp_path):
     paths = _runs(tmp_path, "btad", [(c, m, 0, 0.9) for c in ("01", "02", "03") for m in ("fod", "cflow")])
     paths += _runs(tmp_path, "embedded", [(c, m, 0, 0.7) for c in ("brick",) for m in ("fod", "cflow")],

@@ -9,14 +9,15 @@ from snakemake.utils import validate
 from adbench.determinism import pin_cpu_isa
 from adbench.evidence import draws_cd_diagram, draws_paper_scatter
 from adbench.golden import folder_digest, overlays, reference_named
-from adbench.registry import cell_params, check_method_entry
-from adbench.runs import config_hash, run_config, run_folder
+from adbench.registry import cell_params, check_method_entry, method_class
+from adbench.runs import config_hash, resolve_tables, run_config, run_folder
 from adbench.tracking import store_problem
 from adbench.runs import method_seeds as seeds_of
 from adbench.tables import EMPHASIS, ablation_label
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+resolve_tables(config)  # the table lists a config leaves out (adbench.runs.resolve_tables)
 # Before any job starts: every job is a child process and inherits the pinned kernel ISA.
 pin_cpu_isa(config["determinism"]["cpu_isa"])
 
@@ -218,7 +219,7 @@ def expected_hashes(datasets, methods):
 TABLES = f"{RESULTS}/tables"
 FIGURES = f"{RESULTS}/figures"
 TABLE2 = config["tables"]["table2"]
-TABLE3 = config["tables"].get("table3", {"datasets": config["run"]["datasets"], "methods": TABLE2["methods"]})
+TABLE3 = config["tables"]["table3"]
 TABLE4 = config["tables"].get("table4")
 SIGNIFICANCE = {"reference": "fod", "n_boot": 2000, **config["tables"].get("significance", {})}
 TABLE_FORMATS = ("csv", "md", "tex")
@@ -241,6 +242,11 @@ def table_names():
             + ["defects_image", "defects_pixel"])
 
 
+def curve_methods():
+    """Table 2's methods whose training curves get a figure (their class ``records_curves``)."""
+    return [m for m in TABLE2["methods"] if method_class(config["methods"][m]["impl"]).records_curves]
+
+
 def figure_stems():
     """Every figure the ``figures`` rule draws (each as .png and .pdf), by name."""
     ds = TABLE2["dataset"]
@@ -249,7 +255,7 @@ def figure_stems():
         stems.append("cd_diagram")
     stems += [f"roc_{ds}_{c}" for c in config["datasets"][ds]["categories"]]
     stems += [f"gallery_{ds}_{c}" for c in config["datasets"][ds]["categories"]]
-    stems += [f"training_{m}" for m in TABLE2["methods"] if config["methods"][m]["impl"] == "fod"]
+    stems += [f"training_{m}" for m in curve_methods()]
     impls = [config["methods"][m]["impl"] for m in TABLE2["methods"]]
     if draws_paper_scatter(config["datasets"][ds]["kind"], config["datasets"][ds]["categories"], impls):
         stems.append("paper_scatter")
@@ -274,6 +280,9 @@ def table_specs():
     return specs
 
 
+# The resolved params (defaults merged in) of every method the run trains, and of its cells with a
+# per_category entry: what a run's config hash covers.
+METHOD_PARAMS, CATEGORY_PARAMS = _check_config()
 TABLE_SPECS = table_specs()
 
 
@@ -336,9 +345,6 @@ def all_tables_inputs():
     return outputs
 
 
-# The resolved params (defaults merged in) of every method the run trains, and of its cells with a
-# per_category entry: what a run's config hash covers.
-METHOD_PARAMS, CATEGORY_PARAMS = _check_config()
 
 
 wildcard_constraints:

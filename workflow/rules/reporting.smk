@@ -94,7 +94,7 @@ rule figures:
         categories=config["datasets"][TABLE2["dataset"]]["categories"],
         methods=TABLE2["methods"],
         seeds=method_seed_map(TABLE2["methods"]),
-        fod_methods=[m for m in TABLE2["methods"] if config["methods"][m]["impl"] == "fod"],
+        curve_methods=curve_methods(),
         feature_tag=FEATURE_TAG,
         out=lambda w, output: str(Path(output[0]).parent),  # FIGURES
         hashes=expected_hashes([TABLE2["dataset"]], TABLE2["methods"]),

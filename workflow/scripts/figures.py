@@ -4,4 +4,4 @@ from adbench.jobs import job_context
 params = snakemake.params
 with job_context(snakemake.log[0], snakemake.threads):
     draw_figures(params.results, params.dataset, params.categories, params.methods, dict(params.seeds),
-                 params.fod_methods, params.feature_tag, params.out, dict(params.hashes))
+                 params.curve_methods, params.feature_tag, params.out, dict(params.hashes))
