@@ -41,19 +41,19 @@ bench: $(STAMP)
 reference: $(STAMP)
 	rm -rf build/reference
 	$(BIN)/snakemake -d build/reference --cores $(CORES) all_tables --configfile $(CURDIR)/config/ci.yaml
-	$(BIN)/python -m adbench.golden write --results build/reference/results --reference results/reference/ci --config config/ci.yaml
+	$(BIN)/python -m adbench.operations.golden write --results build/reference/results --reference results/reference/ci --config config/ci.yaml
 
 reference-default: $(STAMP)
 	rm -rf build/reference-default
 	$(BIN)/snakemake -d build/reference-default --cores $(CORES) all_tables
-	$(BIN)/python -m adbench.golden write --results build/reference-default/results --reference results/reference/default
+	$(BIN)/python -m adbench.operations.golden write --results build/reference-default/results --reference results/reference/default
 
 # The reseeding check's seed spreads (results/reference/reseeding_ci.csv): the CI config with seeds 0-4.
 # `make reseeding METHODS="patchsvdd"` re-measures only the methods whose behaviour changed (their rows
 # are replaced, every other row is kept).
 METHODS ?=
 reseeding: $(STAMP)
-	$(BIN)/python -m adbench.reseeding measure --work build/reseeding --out results/reference/reseeding_ci.csv $(if $(METHODS),--methods $(METHODS))
+	$(BIN)/python -m adbench.operations.reseeding measure --work build/reseeding --out results/reference/reseeding_ci.csv $(if $(METHODS),--methods $(METHODS))
 
 # What config/paper.yaml costs (CPU and, when measured there, GPU hours; disk), from bench_devices.py's
 # per-epoch times at the paper's network sizes.  The CPU measurement is made once (a few minutes); put a
@@ -62,4 +62,4 @@ CPU_BENCH := results/benchmarks/devices_cpu.json
 GPU_BENCH := results/benchmarks/devices_cuda.json
 estimate: $(STAMP)
 	test -f $(CPU_BENCH) || $(BIN)/python benchmarks/bench_devices.py --device cpu --budget paper --epochs 2 --n-train 4 --n-test 4 --out $(CPU_BENCH) $(BENCH_ARGS)
-	$(BIN)/python -m adbench.estimate --config config/paper.yaml --benchmark cpu=$(CPU_BENCH) $(if $(wildcard $(GPU_BENCH)),--benchmark cuda=$(GPU_BENCH)) --out results/benchmarks/estimate_paper.json
+	$(BIN)/python -m adbench.operations.estimate --config config/paper.yaml --benchmark cpu=$(CPU_BENCH) $(if $(wildcard $(GPU_BENCH)),--benchmark cuda=$(GPU_BENCH)) --out results/benchmarks/estimate_paper.json

@@ -1,8 +1,23 @@
-"""Shared machinery of the FOD reproducibility suite.
+"""Shared machinery of the FOD reproducibility suite, one sub-package per stage of the workflow's DAG.
 
-Modules, one job each: ``embedded`` (the offline dataset generator), ``datasets`` (reading MVTec-style
-layouts), ``download`` (fetching and verifying archives), ``backbone`` (frozen ImageNet feature
-extractors), ``features`` (the per-split feature cache), ``protocol`` (the fit/predict contract every
-method implements), ``registry`` (config name -> method class), ``metrics``, ``evaluate`` (one run, end to
-end), ``tracking`` (MLflow), ``tables`` (the paper's tables).
+Imports only go down this list (tests/test_layout.py checks it):
+
+* ``protocol``: the contract every stage shares: ``Split`` (one cached split), ``AnomalyMethod`` (fit, then
+  predict), ``Prediction``, devices;
+* ``data``: ``embedded`` (the offline dataset generator), ``datasets`` (reading MVTec-style layouts),
+  ``download`` (fetching and verifying archives);
+* ``features``: ``backbone`` (frozen ImageNet feature extractors), ``cache`` (the per-split feature cache);
+* ``methods``: ``registry`` (config name -> method class), ``runs`` (a run's identity, config hash and
+  folder), ``determinism`` (the kernel pin), ``neighbours`` (nearest-neighbour search and coresets);
+* ``evaluation``: ``evaluate`` (one cell: fit, score, ``metrics.json``), ``metrics``, ``integrity`` (file
+  digests), ``tracking`` (MLflow), ``learning`` (does a method learn?);
+* ``reporting``: ``tables`` (the paper's tables), ``significance``, ``figures``, ``plots``, ``evidence``
+  (the figures of a run), ``report`` (the HTML report);
+* ``operations``: ``golden`` (the exact gate), ``reseeding`` (seed spreads), ``estimate`` (what a profile
+  costs);
+* ``jobs``: the workflow rules' entry points, on top of everything.
 """
+from pathlib import Path
+
+#: The repository's root (the checkout this package lives in).
+ROOT = Path(__file__).resolve().parent.parent

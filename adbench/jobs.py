@@ -3,7 +3,7 @@
 Each takes plain arguments (paths, config mappings), so a stage can also be run by hand from Python.
 ``job_context`` sends a job's stdout/stderr (progress bars included) to its Snakemake log, pins torch
 to the job's thread count, so parallel jobs do not oversubscribe the cores, and checks (and logs) that
-the job's kernels run on the instruction set the config pins (``adbench.determinism``).
+the job's kernels run on the instruction set the config pins (``adbench.methods.determinism``).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Iterator
 
 import torch
 
-from adbench.determinism import kernel_provenance
-from adbench.runs import write_atomic
+from adbench.methods.determinism import kernel_provenance
+from adbench.methods.runs import write_atomic
 
 
 @contextlib.contextmanager
@@ -29,15 +29,15 @@ def job_context(log: str | Path, threads: int) -> Iterator[None]:
 
 
 def generate_embedded(root: str, category: str, generator: dict, ready: str) -> None:
-    from adbench.embedded import EmbeddedConfig, generate_category
+    from adbench.data.embedded import EmbeddedConfig, generate_category
 
     counts = generate_category(Path(root), category, EmbeddedConfig(**generator))
     write_atomic(ready, json.dumps({"root": root, "category": category, "counts": counts}, indent=1))
 
 
 def download_dataset(source: dict, sha256: str | None, archive_dir: str, ready: str) -> None:
-    """Download and unpack a real dataset into ``source["root"]`` (``adbench.download.prepare_dataset``)."""
-    from adbench.download import prepare_dataset as download_and_extract
+    """Download and unpack a real dataset into ``source["root"]`` (``adbench.data.download.prepare_dataset``)."""
+    from adbench.data.download import prepare_dataset as download_and_extract
 
     root = download_and_extract(source["kind"], Path(source["root"]), source["url"], sha256, Path(archive_dir),
                                 name=source["name"])
@@ -54,7 +54,7 @@ def prepare_category(source: dict, category: str, image_size: int, ready: str) -
     than ``image_size`` (the evaluation size, px), are warned about in the log and listed under
     ``warnings`` in the marker (the workflow prints them at its end).
     """
-    from adbench.datasets import SPLITS, list_samples, small_data_warnings, verify_samples
+    from adbench.data.datasets import SPLITS, list_samples, small_data_warnings, verify_samples
 
     name, url = source["name"], source.get("url")
     samples = {s: list_samples(source["kind"], Path(source["root"]), category, s, name=name, url=url) for s in SPLITS}
@@ -73,9 +73,9 @@ def extract_features(source: dict, category: str, split: str, backbone: str, ima
                      preprocess: str = "squash") -> None:
     """Run the frozen backbone over one split on ``device`` (the config's ``device`` setting: auto, cpu,
     cuda, cuda:N) and write the feature cache (CPU tensors; the resolved device is in its ``meta``).
-    ``preprocess``: how images reach ``image_size`` (``adbench.datasets.PREPROCESSING``)."""
-    from adbench.backbone import Backbone
-    from adbench.features import extract_split, save_split
+    ``preprocess``: how images reach ``image_size`` (``adbench.data.datasets.PREPROCESSING``)."""
+    from adbench.features.backbone import Backbone
+    from adbench.features.cache import extract_split, save_split
     from adbench.protocol import resolve_device
 
     run_on = resolve_device(device)
@@ -90,10 +90,10 @@ def extract_features(source: dict, category: str, split: str, backbone: str, ima
 
 def summarise_category(metrics_files: list[str], out: str) -> None:
     """``out``: one CSV row per run of a category (the scalar fields of each metrics.json), read through
-    ``adbench.integrity.read_metrics``, which refuses a run folder whose files disagree with its metrics.json."""
+    ``adbench.evaluation.integrity.read_metrics``, which refuses a run folder whose files disagree with its metrics.json."""
     import pandas as pd
 
-    from adbench.integrity import read_metrics
+    from adbench.evaluation.integrity import read_metrics
 
     rows = read_metrics(metrics_files)
     # the per-defect groups (nested) stay in metrics.json and the per-defect tables; one scalar per column here
@@ -103,7 +103,7 @@ def summarise_category(metrics_files: list[str], out: str) -> None:
 
 def download_dtd(url: str, archive_dir: str, root: str, ready: str) -> None:
     """DRAEM's anomaly source (Describable Textures Dataset): download, unpack into ``root``."""
-    from adbench.download import download, extract
+    from adbench.data.download import download, extract
 
     archive = download(url, Path(archive_dir) / Path(url).name)
     extract(archive, Path(root))
@@ -120,7 +120,7 @@ def track_category(run_dirs: list[str], tracking_uri: str, experiment: str, out:
     """
     import os
 
-    from adbench.tracking import log_runs
+    from adbench.evaluation.tracking import log_runs
 
     ids = log_runs([Path(d) for d in run_dirs], tracking_uri, experiment)
     target = Path(out)
@@ -134,11 +134,11 @@ def track_category(run_dirs: list[str], tracking_uri: str, experiment: str, out:
 
 def track_all_tables(cell_records: list[str], artifacts: dict[str, str], tracking_uri: str, experiment: str,
                      name: str, params: dict, out: str) -> None:
-    """One MLflow parent run for this ``all_tables`` execution (``adbench.tracking.log_parent``): the union of
+    """One MLflow parent run for this ``all_tables`` execution (``adbench.evaluation.tracking.log_parent``): the union of
     the categories' ``mlflow.json`` ({run_key: run_id}) nested under it, ``artifacts`` ({artifact path: file
     or folder}) attached; writes ``{"run_id", "experiment", "cells"}`` to ``out``."""
-    from adbench.runs import write_atomic
-    from adbench.tracking import git_commit, log_parent
+    from adbench.methods.runs import write_atomic
+    from adbench.evaluation.tracking import git_commit, log_parent
 
     cells: dict[str, str] = {}
     for record in cell_records:

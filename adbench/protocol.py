@@ -2,7 +2,7 @@
 
 Think scikit-learn: a method is built from its named configuration and a seed, ``fit`` learns from the
 normal training split, ``predict`` scores a test split, and everything learnt is in ``state_dict`` so that
-``save``/``load`` round-trip it.  Both splits come from the feature cache (``adbench.features``) and carry
+``save``/``load`` round-trip it.  Both splits come from the feature cache (``adbench.features.cache``) and carry
 the frozen backbone's features *and* the resized images, so feature-based methods (PatchCore, CFLOW, FOD)
 and image-based ones (DRAEM, PatchSVDD, the MKD student) read the same file.
 """
@@ -130,7 +130,7 @@ class UnknownParamsError(ValueError):
 class ParamError(ValueError):
     """One method param has a value that cannot work; ``fix`` says what it must be.
 
-    The config check (``adbench.registry.check_method_entry``) re-words it with the config key, e.g.
+    The config check (``adbench.methods.registry.check_method_entry``) re-words it with the config key, e.g.
     ``methods.fod.params.epochs = 0: must be >= 1 (0 epochs would train nothing)``.
     """
 
@@ -222,7 +222,7 @@ def constant_output(values: np.ndarray) -> bool:
     """True when every value of ``values`` (any shape, finite) is the same up to rounding in its own
     precision: ``max - min <= CONSTANT_ULPS * eps * max(|max|, |min|)``, ``eps`` of its dtype (float32 maps
     1.2e-7, float64 scores 2.2e-16; exact for integers), all zeros included.  Such scores or maps rank every
-    image or pixel alike, which ``adbench.metrics.roc_auc`` reports as exactly 0.5.  Tiny but real
+    image or pixel alike, which ``adbench.evaluation.metrics.roc_auc`` reports as exactly 0.5.  Tiny but real
     differences are not constant: CFLOW's image scores at the CI budget span a relative 1e-9 (the split's
     largest likelihood minus each image's smallest, ~exp(-20)) and rank the images (AUROC 0.59)."""
     values = np.asarray(values)
@@ -239,7 +239,7 @@ class CollapseError(ValueError):
     dressed up as a number (constant scores give exactly 0.5), so the run stops instead of reporting one.
 
     A method raises it from ``fit`` with what collapsed and its ``collapse_hint``; the runner
-    (``adbench.evaluate``) re-raises it ``located``: with the method's config name, the category and the
+    (``adbench.evaluation.evaluate``) re-raises it ``located``: with the method's config name, the category and the
     files involved.
 
     Attributes:
@@ -369,7 +369,7 @@ class AnomalyMethod(ABC):
         "check methods.{name}.params (learning rate, epoch counts, loss weights) and the per-epoch training "
         "losses in run.json (history): a network that outputs one value everywhere has found a trivial "
         "solution or has not trained; a constant feature cache (features/<dataset>/<category>/...) does it too")
-    #: The learning check's configurations (``adbench.learning.budgets``; tests/test_learning.py runs them on the
+    #: The learning check's configurations (``adbench.evaluation.learning.budgets``; tests/test_learning.py runs them on the
     #: CI data): name (``default``, or e.g. a variant) -> ``{"params": a fit of seconds, "trains": whether fit
     #: takes optimiser steps, "bars": {statistic: bar}}``.  Every registered method must declare one.
     learning_budget: ClassVar[dict[str, dict[str, Any]]] = {}

@@ -8,7 +8,7 @@ sources, chosen by DRAEM's ``anomaly_source`` parameter:
     Textures the suite builds without any download: random square crops of real photographs that ship
     inside scikit-image (:data:`PHOTOS`) plus procedurally generated patterns (coloured fractal noise,
     stripes, checkerboards, Voronoi cells, dots, plaid).  Every photograph the embedded benchmark dataset
-    (:mod:`adbench.embedded`) uses is deliberately left out (:data:`EXCLUDED_PHOTOS`): those it builds
+    (:mod:`adbench.data.embedded`) uses is deliberately left out (:data:`EXCLUDED_PHOTOS`): those it builds
     normal images from (``brick``, ``grass``, ``gravel``, ``coins``, ``coffee``, ``chelsea``/``cat``,
     sklearn's ``flower``) -- an anomaly source equal to a normal class would teach DRAEM to flag normal
     content -- and those its ``contamination`` defects are cut from (``astronaut``, ``coffee``,

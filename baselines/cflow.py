@@ -62,7 +62,7 @@ from scipy.stats import special_ortho_group
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
+from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import (AnomalyMethod, ParamError, Prediction, Split, Tracker, check_finite_losses,
                               merge_params, state_to_cpu)
 
@@ -239,10 +239,10 @@ class CFlow(AnomalyMethod):
         "that exp underflows to 0 everywhere, i.e. the flows diverged or did not train; lower "
         "methods.{name}.params.lr (the public code uses 2e-4), or raise "
         "methods.{name}.params.meta_epochs / sub_epochs; the per-pass losses are in run.json (history)")
-    #: The learning check (adbench.learning; tests/test_learning.py) on the CI data: the embedded default's
+    #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: the embedded default's
     #: schedule (4 x 2 passes at 2e-3), 1-3 s per fit.  Seeds 0-2, every kernel setting: image AUROC 0.707, local
     #: pixel 0.711 (brick 0.91-0.94, coins 0.46-0.54).  Untrained flows still rank coins' images (image 0.657),
-    #: so the local pixel bar is the one that catches them (0.596); adbench/learning.py has the table.
+    #: so the local pixel bar is the one that catches them (0.596); adbench/evaluation/learning.py has the table.
     learning_budget = {"default": {"params": {"meta_epochs": 4, "sub_epochs": 2, "lr_warm_epochs": 1, "lr": 2e-3},
                                    "trains": True,
                                    "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}

@@ -62,7 +62,7 @@ Adapted
     stride-16 bottleneck matches DRAEM's own).  Training needs backbone features of *augmented* images,
     which the feature cache cannot hold, so the runner must set ``method.feature_extractor``: a callable
     mapping float images (n, 3, H, W) in [0, 1] to the cache's list of per-level maps (the contract of
-    ``adbench.backbone.Backbone.forward``, which normalises internally); it is fed the augmented images
+    ``adbench.features.backbone.Backbone.forward``, which normalises internally); it is fed the augmented images
     (made at the network resolution) bilinearly resized to the split's resolution.  At test
     time the cached features of the (unaltered) test images are used.  Not the default because a frozen
     encoder cannot learn to suppress anomalies, which removes the reconstructive half of the method's idea.
@@ -112,7 +112,7 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
+from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means,
                               merge_params)
 from baselines.anomaly_source import AnomalySource, make_anomaly_source
@@ -425,7 +425,7 @@ class DRAEM(AnomalyMethod):
     Attributes:
         feature_extractor: for ``reconstruction: backbone`` only, set by the runner before ``fit``: maps
             float32 images (n, 3, H, W) in [0, 1] to the list of per-level feature maps the cache holds
-            (same backbone, same levels), e.g. an ``adbench.backbone.Backbone``.
+            (same backbone, same levels), e.g. an ``adbench.features.backbone.Backbone``.
         history: mean training loss per epoch (after ``fit``; restored by ``load_state_dict``).
     """
 
@@ -438,7 +438,7 @@ class DRAEM(AnomalyMethod):
         "collapsed to one class everywhere; lower methods.{name}.params.lr, raise methods.{name}.params.epochs, "
         "and check that its synthetic anomalies are visible (methods.{name}.params.beta_max, perlin_threshold, "
         "anomaly_source): with nothing to segment it learns to call every pixel normal")
-    #: The learning check (adbench.learning; tests/test_learning.py) on the CI data: 15 epochs of batch 2 (120
+    #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: 15 epochs of batch 2 (120
     #: steps at 16 images; the default's 10 epochs leave 0.688 with AVX2 kernels), 6-7 s per fit.  Judged on its
     #: maps: local pixel AUROC, seeds 0-2, native / AVX2 / AVX2 with MKL pinned: 0.802 / 0.821 / 0.736, training
     #: skipped 0.492 (too few steps invert the maps: "Too short a schedule" above).  Single fits range 0.45-0.98,
@@ -504,7 +504,7 @@ class DRAEM(AnomalyMethod):
         if self.feature_extractor is None:
             raise RuntimeError(
                 "DRAEM with reconstruction 'backbone' needs method.feature_extractor (a callable mapping images "
-                "in [0, 1] to the cache's per-level features, e.g. adbench.backbone.Backbone) to train on "
+                "in [0, 1] to the cache's per-level features, e.g. adbench.features.backbone.Backbone) to train on "
                 "augmented images"
             )
         with torch.no_grad():

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
+from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import AnomalyMethod, ParamError, Prediction, Split, Tracker, merge_params
 
 DEFAULT_PARAMS: dict[str, Any] = {"chunk": 4096}  # test cells per distance block (memory only)

@@ -58,7 +58,7 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
+from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import (IMAGENET_MEAN, IMAGENET_STD, AnomalyMethod, Prediction, Split, Tracker,
                               check_finite_losses, merge_params, state_to_cpu)
 
@@ -247,11 +247,11 @@ class MKD(AnomalyMethod):
         "equally well (or badly) everywhere, i.e. it diverged or did not train; lower methods.{name}.params.lr, "
         "raise methods.{name}.params.epochs, or change methods.{name}.params.lamda (the MSE weight: 0.5 in the "
         "public code on MVTec, 0.01 elsewhere)")
-    #: The learning check (adbench.learning; tests/test_learning.py) on the CI data: the embedded default's
+    #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: the embedded default's
     #: schedule (12 epochs of batch 2), about 2 s per fit.  Seeds 0-2, native / AVX2 kernels: image AUROC
     #: 0.748 / 0.745, local pixel 0.734 / 0.733.  The untrained student's discrepancy already marks brick's local
     #: defects (local pixel 0.675); its image ranking is what training adds (0.566 untrained), and the image bar
-    #: is the one that catches it; adbench/learning.py has the table.
+    #: is the one that catches it; adbench/evaluation/learning.py has the table.
     learning_budget = {"default": {"params": {"epochs": 12, "batch_size": 2}, "trains": True,
                                    "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 

@@ -41,7 +41,7 @@ AUROC 0.961, against 0.861 / 0.700 / 0.967 for ``PAPER_PARAMS`` (the literal pub
 smoothing_scale move pooled pixel AUROC by <= 0.003.  With the default, ``benchmarks/compare_anomalib.py``
 matches anomalib 2.7's PatchCore (same images, weights and resolution): baselines/README.md.
 
-Adapted: the shared backbone (any of ``adbench.backbone.BACKBONES``) replaces WideResNet-50's
+Adapted: the shared backbone (any of ``adbench.features.backbone.BACKBONES``) replaces WideResNet-50's
 layer2/layer3; the features come from the cache instead of a forward pass.  ``coreset_ratio: 1.0`` keeps
 the whole memory bank (exact search).
 
@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from adbench.neighbours import greedy_k_center, nearest_distances
-from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
+from adbench.methods.neighbours import greedy_k_center, nearest_distances
+from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import AnomalyMethod, ParamError, Prediction, Split, Tracker, merge_params, state_to_cpu
 
 AGGREGATIONS = ("public", "average")
@@ -158,7 +158,7 @@ class PatchCore(AnomalyMethod):
 
     name = "patchcore"
     tiny_params = {"coreset_ratio": 0.1, "pretrain_embed_dim": 64, "target_embed_dim": 64, "projection_dim": 16}
-    #: The learning check (adbench.learning; tests/test_learning.py) on the CI data: the default 10% coreset,
+    #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: the default 10% coreset,
     #: well under a second per fit.  Seeds 0-2 (the coreset's random start), every kernel setting: image AUROC
     #: 0.849, local pixel 0.932.  It takes no optimiser step, so only the shuffled-output mutation applies.
     learning_budget = {"default": {"params": {"coreset_ratio": 0.1}, "trains": False,

@@ -94,8 +94,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from adbench.neighbours import nearest_distances
-from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
+from adbench.methods.neighbours import nearest_distances
+from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import (AnomalyMethod, CollapseError, Prediction, Split, Tracker, check_finite_losses,
                               epoch_means, merge_params, state_to_cpu)
 
@@ -298,7 +298,7 @@ class PatchSVDD(AnomalyMethod):
         "patches together (the public code's README uses 1e-3 for some classes; too large a lambda collapses the "
         "embedding to one point, AUROC 0.5, and where that starts depends on the image size: lambda 1 collapsed "
         "at 256 px where it did not at 128 px), or lower methods.{name}.params.lr")
-    #: The learning check (adbench.learning; tests/test_learning.py) on the CI data: 8 epochs x 8 repeats at lr
+    #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: 8 epochs x 8 repeats at lr
     #: 3e-3 (lambda 1), about 0.5 s per fit.  Its untrained encoder already detects: random convolutional
     #: embeddings and the nearest training patch score image AUROC 0.698 and local pixel 0.961 (seeds 0-2,
     #: training skipped; up to 0.755 for other seeds), above both floors, so its image bar is raised to 0.78,

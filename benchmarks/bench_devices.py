@@ -1,6 +1,6 @@
 """Seconds per epoch of every method on one device (the config's ``device`` setting: auto, cpu, cuda, cuda:N).
 
-Each registered method (``adbench.registry``) is fitted for ``--epochs`` epochs on a synthetic split (no
+Each registered method (``adbench.methods.registry``) is fitted for ``--epochs`` epochs on a synthetic split (no
 dataset and no backbone weights needed: textured images of ``--size`` px with a few planted squares, and
 "backbone" features at strides 8 and 16 with ``--channels`` channels made by a fixed random convolution
 of the images), then scores a test split.  Per method: the fit time, the first epoch (with the one-off
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from adbench.protocol import IMAGENET_MEAN, IMAGENET_STD, Split, device_name, resolve_device
-from adbench.registry import IMPLEMENTATIONS, method_class
+from adbench.methods.registry import IMPLEMENTATIONS, method_class
 
 FOD_BUDGETS = {
     "default": {"d_model": [64, 128], "layers": 1, "heads": 4},  # config/config.yaml's fod_budget
@@ -137,7 +137,7 @@ def bench_method(impl: str, params: dict[str, Any], train: Split, test: Split, d
 def bench_extraction(train: Split, device: torch.device, weights_dir: Path) -> dict:
     """The default backbone over the training images on ``device`` (needs its pip-packaged weights)."""
     try:
-        from adbench.backbone import Backbone
+        from adbench.features.backbone import Backbone
 
         backbone = Backbone("tf_efficientnet_lite0", weights_dir, device=device)
     except Exception as err:  # noqa: BLE001 - a benchmark reports what it could not measure

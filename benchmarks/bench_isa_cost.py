@@ -34,10 +34,10 @@ CHILD = """
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from adbench.determinism import kernel_provenance
-from adbench.features import load_split
-from adbench.metrics import roc_auc
-from adbench.registry import method_class
+from adbench.methods.determinism import kernel_provenance
+from adbench.features.cache import load_split
+from adbench.evaluation.metrics import roc_auc
+from adbench.methods.registry import method_class
 train_path, test_path, impl, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 train, test = load_split(train_path), load_split(test_path)
 torch.manual_seed(0)
@@ -53,8 +53,8 @@ print(json.dumps({"seconds": seconds, "image_auroc": roc_auc(test.labels, pred.s
 EXTRACT = """
 import sys
 from pathlib import Path
-from adbench.backbone import Backbone
-from adbench.features import extract_split, save_split
+from adbench.features.backbone import Backbone
+from adbench.features.cache import extract_split, save_split
 root, category, size, weights, out = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
 model = Backbone("tf_efficientnet_lite0", weights)
 for split in ("train", "test"):
@@ -65,7 +65,7 @@ for split in ("train", "test"):
 
 
 def environment(setting: str) -> dict[str, str]:
-    from adbench.determinism import ISA_VARIABLES, isa_environment
+    from adbench.methods.determinism import ISA_VARIABLES, isa_environment
 
     env = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES}
     return {**env, **isa_environment(setting)}
@@ -84,7 +84,7 @@ def main() -> None:
     a = p.parse_args()
     from snakemake.utils import update_config
 
-    from adbench.embedded import EmbeddedConfig, generate_category
+    from adbench.data.embedded import EmbeddedConfig, generate_category
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     generator = EmbeddedConfig()

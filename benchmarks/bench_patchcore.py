@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from adbench.backbone import Backbone
-from adbench.embedded import EmbeddedConfig, generate_category
-from adbench.embedded import CATEGORIES
-from adbench.features import extract_split
-from adbench.metrics import evaluate
+from adbench.features.backbone import Backbone
+from adbench.data.embedded import EmbeddedConfig, generate_category
+from adbench.data.embedded import CATEGORIES
+from adbench.features.cache import extract_split
+from adbench.evaluation.metrics import evaluate
 from baselines.patchcore import PatchCore
 
 

@@ -1,7 +1,7 @@
 """What a method's budget buys on the embedded set's validation split: seconds, image and local pixel AUROC.
 
 For one method (``impl`` and params, as in a config entry), one or more seeds and one or more evaluation
-sizes, fits on each category's training split and scores its **validation** split (``adbench.embedded``:
+sizes, fits on each category's training split and scores its **validation** split (``adbench.data.embedded``:
 same defect mix and counts as the test split, its own images).  The test split is never generated, read
 or scored here: budgets, learning rates and thresholds are chosen on validation numbers, and the test
 split is read once, by the workflow (issue 16, item 3).
@@ -12,7 +12,7 @@ It builds what it needs in its own cache (``--work``, default ``results/budgets/
   generator settings of ``config/config.yaml`` (``datasets.embedded.generator``, overridden key by key by
   ``--generator``) with ``splits=("train", "validation")``, so no test image exists there;
 * ``<work>/<generator tag>/features/<category>/<backbone>_<px>/{train,validation}.pt``: the frozen
-  backbone's features (``adbench.features``, the config's backbone, preprocessing and batch size);
+  backbone's features (``adbench.features.cache``, the config's backbone, preprocessing and batch size);
 
 the generator tag hashes the resolved generator settings (``generator.json`` beside it says which).
 Everything runs on one torch thread with the kernels pinned to AVX2, as the workflow's ``fit_evaluate``
@@ -42,18 +42,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adbench.determinism import pin_cpu_isa  # noqa: E402  (imports no torch)
+from adbench.methods.determinism import pin_cpu_isa  # noqa: E402  (imports no torch)
 
 pin_cpu_isa("avx2")  # before torch runs a kernel, as the workflow's jobs
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from adbench.datasets import VALIDATION, defect_kinds  # noqa: E402
-from adbench.embedded import CATEGORIES, GENERATOR_VERSION, EmbeddedConfig, generate_category  # noqa: E402
-from adbench.evaluate import build_method  # noqa: E402
-from adbench.features import extract_split, load_split, save_split  # noqa: E402
-from adbench.metrics import evaluate, per_defect  # noqa: E402
+from adbench.data.datasets import VALIDATION, defect_kinds  # noqa: E402
+from adbench.data.embedded import CATEGORIES, GENERATOR_VERSION, EmbeddedConfig, generate_category  # noqa: E402
+from adbench.evaluation.evaluate import build_method  # noqa: E402
+from adbench.features.cache import extract_split, load_split, save_split  # noqa: E402
+from adbench.evaluation.metrics import evaluate, per_defect  # noqa: E402
 from adbench.protocol import CollapseError, Prediction, Split, constant_output  # noqa: E402
 
 SPLITS = ("train", VALIDATION)  # all this script ever generates, extracts or reads
@@ -109,7 +109,7 @@ class Cache:
         if not path.exists():
             self._category(category)
             if self._model is None:
-                from adbench.backbone import Backbone
+                from adbench.features.backbone import Backbone
 
                 self._model = Backbone(self.backbone["name"], self.weights_dir)
             data = extract_split("embedded", self.data, category, split, self._model, image_size,

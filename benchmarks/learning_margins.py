@@ -2,9 +2,9 @@
 
 Two kinds of rows, both rebuilt from the code the tests run (nothing re-implemented here):
 
-* the learning check (tests/test_learning.py, ``adbench.learning``): every configuration a registered
+* the learning check (tests/test_learning.py, ``adbench.evaluation.learning``): every configuration a registered
   method's ``learning_budget`` declares, fitted on the CI data for method seeds 0..4 (``fit_over``), trained
-  and with training skipped; the test asserts on seeds 0-2 (``adbench.learning.SEEDS``), so the table gives
+  and with training skipped; the test asserts on seeds 0-2 (``adbench.evaluation.learning.SEEDS``), so the table gives
   those means and, for robustness, the worst over every 3 of the measured seeds; the shuffled mutation, and
   each bar's chance probability (image: exact; local pixel: the seeds-0-2 maps permuted, 100,000 draws);
 * the other AUROC assertions with a seed (test_draem's synthetic learning test and its negative control,
@@ -12,7 +12,7 @@ Two kinds of rows, both rebuilt from the code the tests run (nothing re-implemen
   test module, for method seeds 0..4.
 
 One run measures one process, i.e. one kernel setting: torch picks CPU kernels by instruction set once, at
-start-up, from ``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA`` and ``MKL_CBWR`` (``adbench.determinism``).  Three
+start-up, from ``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA`` and ``MKL_CBWR`` (``adbench.methods.determinism``).  Three
 settings: ``native``; ``avx2-no-mkl``, ATen and oneDNN capped at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2
 ATEN_CPU_CAPABILITY=avx2``, how the tests are run on an AVX-512 machine to see AVX2 numbers); ``avx2``, the
 same plus ``MKL_CBWR=AVX2`` (the workflow's full pin, closest to a real AVX2 machine).
@@ -81,9 +81,9 @@ class Context:
             from conftest import SMALL, SPLIT_SIZE
             from test_learning import CATEGORIES
 
-            from adbench.backbone import Backbone
-            from adbench.embedded import generate_category
-            from adbench.features import extract_split
+            from adbench.features.backbone import Backbone
+            from adbench.data.embedded import generate_category
+            from adbench.features.cache import extract_split
 
             root = self.tmp / "embedded"
             backbone = Backbone("tf_efficientnet_lite0", self.tmp / "weights")
@@ -101,7 +101,7 @@ def measure_learning(seeds: list[int], ctx: Context) -> dict:
     asserted seeds, the check's verdicts and the chance probabilities of the bars."""
     from test_learning import BUDGETS, KINDS
 
-    from adbench import learning
+    from adbench.evaluation import learning
 
     out = {}
     for budget in BUDGETS:
@@ -137,7 +137,7 @@ def _means(per_fit: dict, statistic: str, seeds) -> float:
 def learning_table(runs: list[dict]) -> tuple[str, dict]:
     """Markdown and JSON rows for the learning check from per-setting runs."""
     sys.path[:0] = [str(TESTS), str(ROOT)]
-    from adbench import learning
+    from adbench.evaluation import learning
 
     settings = " / ".join(SETTINGS)
     lines = [f"| configuration | statistic | bar | trained, seeds 0-2 ({settings}) | worst of any 3 seeds | "
@@ -188,7 +188,7 @@ def learning_table(runs: list[dict]) -> tuple[str, dict]:
 
 
 def _auroc(labels, scores) -> float:
-    from adbench.metrics import roc_auc
+    from adbench.evaluation.metrics import roc_auc
 
     return float(roc_auc(labels, scores))
 
@@ -200,7 +200,7 @@ def case_draem_synthetic(seed, ctx):
     import torch
     from test_draem import FIT_PARAMS, make_split
 
-    from adbench.learning import permutation_null, training_skipped
+    from adbench.evaluation.learning import permutation_null, training_skipped
     from baselines.draem import DRAEM
 
     train, test = make_split(24, 0, seed=0), make_split(8, 8, seed=1)
@@ -307,7 +307,7 @@ ALL_CASES = ["learning", *CASES]
 def setting_environment(setting: str) -> dict[str, str]:
     """The kernel variables of ``setting`` (one of ``SETTINGS``)."""
     sys.path.insert(0, str(ROOT))
-    from adbench.determinism import isa_environment
+    from adbench.methods.determinism import isa_environment
 
     if setting == "avx2-no-mkl":
         return {k: v for k, v in isa_environment("avx2").items() if k != "MKL_CBWR"}
@@ -319,7 +319,7 @@ def run(cases: list[str], seeds: list[int], out: Path) -> dict:
     sys.path[:0] = [str(TESTS), str(ROOT)]
     import torch
 
-    from adbench.determinism import ISA_VARIABLES
+    from adbench.methods.determinism import ISA_VARIABLES
 
     env = {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ}
     setting = next((s for s in SETTINGS if setting_environment(s) == env), f"other {env}")
@@ -410,7 +410,7 @@ def main() -> None:
         print(combine(a.runs, a.out))
     else:
         sys.path.insert(0, str(ROOT))
-        from adbench.determinism import ISA_VARIABLES
+        from adbench.methods.determinism import ISA_VARIABLES
 
         paths = []
         for setting in SETTINGS:

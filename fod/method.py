@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from adbench.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
-from adbench.metrics import roc_auc
+from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
+from adbench.evaluation.metrics import roc_auc
 from adbench.protocol import AnomalyMethod, NullTracker, Prediction, Split, Tracker, check_finite_losses, state_to_cpu
 from fod.config import FODConfig, resolve
 from fod.losses import level_losses, reconstruction_error, token_divergence
@@ -45,7 +45,7 @@ class FOD(AnomalyMethod):
         "inter-branch attention diverges from its prior equally at every token (p uniform) or the reconstruction "
         "error is the same everywhere; lower methods.{name}.params.lr, change methods.{name}.params.lambda1 / "
         "lambda2 (the divergence and entropy weights, 0.5 in the paper), or raise methods.{name}.params.epochs")
-    #: The learning check (adbench.learning; tests/test_learning.py) on the CI data, both variants:
+    #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data, both variants:
     #: config/config.yaml's fod_budget (d_model 64/128, 1 layer, 4 heads, lr 2e-3) for 8 epochs instead of 4,
     #: about 2.5 s per fit.  Seeds 0-2, native / AVX2 / AVX2 with MKL pinned; training skipped in brackets:
     #:   official: local pixel AUROC 0.795 / 0.797 / 0.809 (0.405); image 0.705 / 0.655 / 0.710 (0.469), not

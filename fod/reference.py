@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from adbench import neighbours
+from adbench.methods import neighbours
 from fod.tokens import feature_tokens, grid_positions
 
 _CHUNK = 64  # images per chunk when pooling
@@ -57,7 +57,7 @@ def greedy_k_center(points: torch.Tensor, k: int, generator: torch.Generator, pr
     add the point farthest (Euclidean) from everything chosen so far; distances after a Gaussian random
     projection to ``proj_dim`` dimensions when 0 < proj_dim < D.
 
-    FOD's variant of ``adbench.neighbours.greedy_k_center``: one random start point, squared distances,
+    FOD's variant of ``adbench.methods.neighbours.greedy_k_center``: one random start point, squared distances,
     every distance updated at each step.
     """
     return neighbours.greedy_k_center(

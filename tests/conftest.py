@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from adbench.embedded import EmbeddedConfig, generate_category
+from adbench.data.embedded import EmbeddedConfig, generate_category
 
 SMALL = EmbeddedConfig(seed=0, size=128, n_train=16, n_test_good=8, n_test_anomalous=12)
 SPLIT_SIZE = 64  # evaluation resolution of the cached test splits (px)
@@ -18,7 +18,7 @@ def weights_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def backbone(weights_dir):
-    from adbench.backbone import Backbone
+    from adbench.features.backbone import Backbone
 
     return Backbone("tf_efficientnet_lite0", weights_dir)
 
@@ -35,7 +35,7 @@ def embedded_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_splits(embedded_root, backbone):
     """``fn(category) -> (train Split, test Split)`` at 64 px with tf_efficientnet_lite0 features."""
-    from adbench.features import extract_split
+    from adbench.features.cache import extract_split
 
     cache = {}
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adbench.integrity import file_digests, write_scores
-from adbench.metrics import roc_auc
-from adbench.runs import write_maps
+from adbench.evaluation.integrity import file_digests, write_scores
+from adbench.evaluation.metrics import roc_auc
+from adbench.methods.runs import write_maps
 
 
 def scores_for_auroc(auroc: float, n: int = 10) -> tuple[np.ndarray, np.ndarray]:

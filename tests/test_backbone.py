@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from adbench.backbone import (BACKBONES, STRIDES, BackboneSpec, BackboneWeightsMismatch, BackboneWeightsMissing,
+from adbench.features.backbone import (BACKBONES, STRIDES, BackboneSpec, BackboneWeightsMismatch, BackboneWeightsMissing,
                               check_checkpoint, load_classifier, weights_file)
 
 

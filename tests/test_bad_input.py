@@ -1,6 +1,6 @@
 """Bad input stops early with one message naming the config key (or file) and the fix.
 
-Method entries are resolved when the workflow reads its config (``adbench.registry.check_method_entry``
+Method entries are resolved when the workflow reads its config (``adbench.methods.registry.check_method_entry``
 from ``_check_config`` in workflow/rules/common.smk), before any data preparation or feature extraction;
 the hints of dataset errors name only config keys and rules that exist.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from adbench.datasets import DatasetError, list_samples
+from adbench.data.datasets import DatasetError, list_samples
 from adbench.protocol import ParamError
-from adbench.registry import IMPLEMENTATIONS, MethodConfigError, check_method_entry, method_class
+from adbench.methods.registry import IMPLEMENTATIONS, MethodConfigError, check_method_entry, method_class
 
 ROOT = Path(__file__).resolve().parent.parent
 

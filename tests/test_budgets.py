@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adbench.datasets import defect_kinds
-from adbench.embedded import EmbeddedConfig, generate_category
-from adbench.features import extract_split
-from adbench.metrics import per_defect, roc_auc
+from adbench.data.datasets import defect_kinds
+from adbench.data.embedded import EmbeddedConfig, generate_category
+from adbench.features.cache import extract_split
+from adbench.evaluation.metrics import per_defect, roc_auc
 from adbench.protocol import CollapseError, Prediction
-from adbench.registry import method_class
+from adbench.methods.registry import method_class
 
 _BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "budgets.py"
 _spec = importlib.util.spec_from_file_location("budgets", _BENCH)

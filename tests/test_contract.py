@@ -1,4 +1,4 @@
-"""The method contract, for every method of the registry (``adbench.registry.IMPLEMENTATIONS``): a new method
+"""The method contract, for every method of the registry (``adbench.methods.registry.IMPLEMENTATIONS``): a new method
 gets these checks by being registered, with the budget it declares (``tiny_params``) on the synthetic split.
 
 Shapes and finiteness of ``predict``, save/load round trip, what a seed means (``deterministic``), refused
@@ -13,7 +13,7 @@ import pytest
 from synthetic import synthetic_split
 
 from adbench.protocol import AnomalyMethod, Prediction, UnknownParamsError
-from adbench.registry import IMPLEMENTATIONS, method_class
+from adbench.methods.registry import IMPLEMENTATIONS, method_class
 
 IMPLS = sorted(IMPLEMENTATIONS)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adbench.datasets import (KINDS, DatasetError, Sample, list_categories, list_samples, load_image,
+from adbench.data.datasets import (KINDS, DatasetError, Sample, list_categories, list_samples, load_image,
                               load_mask, load_sample, verify_samples)
 
 
@@ -263,7 +263,7 @@ class _FakeBackbone:
 
 
 def test_feature_extraction_refuses_a_mask_of_another_size(tmp_path):
-    from adbench.features import extract_split
+    from adbench.features.cache import extract_split
 
     root = make_mvtec(tmp_path)
     assert len(extract_split("mvtec_ad", root, "bottle", "test", _FakeBackbone(), 16, progress=False)) == 5
@@ -432,7 +432,7 @@ def test_a_16_bit_image_with_only_8_bit_values_is_read_with_a_warning_naming_it(
 def test_a_category_with_one_training_image_or_tiny_images_is_warned_about_with_count_and_size(tmp_path, capsys):
     """Both used to run without a word and land near chance (issue 17); now rule prepare_category prints
     the warning in its log and lists it in its marker, which the workflow prints at its end."""
-    from adbench.embedded import EmbeddedConfig, generate_category
+    from adbench.data.embedded import EmbeddedConfig, generate_category
     from adbench.jobs import prepare_category
 
     generate_category(tmp_path / "src", "brick", EmbeddedConfig(seed=0, size=32, n_train=1, n_test_good=2,

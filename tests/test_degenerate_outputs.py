@@ -20,11 +20,11 @@ import yaml
 from synthetic import synthetic_split
 from test_devices import TINY
 
-from adbench import evaluate
-from adbench.features import save_split
+from adbench.evaluation import evaluate
+from adbench.features.cache import save_split
 from adbench.protocol import AnomalyMethod, CollapseError, Prediction, constant_output
-from adbench.registry import IMPLEMENTATIONS, check_method_entry, method_class
-from adbench.runs import run_config
+from adbench.methods.registry import IMPLEMENTATIONS, check_method_entry, method_class
+from adbench.methods.runs import run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINED = [impl for impl in IMPLEMENTATIONS if method_class(impl).epoch_params]

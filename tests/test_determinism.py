@@ -1,4 +1,4 @@
-"""The kernel pin (adbench.determinism) and how the reseeding check's tolerances are measured (adbench.reseeding)."""
+"""The kernel pin (adbench.methods.determinism) and how the reseeding check's tolerances are measured (adbench.operations.reseeding)."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adbench.determinism import ISA_VARIABLES, isa_environment
-from adbench.reseeding import reference_table
+from adbench.methods.determinism import ISA_VARIABLES, isa_environment
+from adbench.operations.reseeding import reference_table
 
-PROVENANCE = "import json; from adbench.determinism import kernel_provenance; print(json.dumps(kernel_provenance()))"
+PROVENANCE = "import json; from adbench.methods.determinism import kernel_provenance; print(json.dumps(kernel_provenance()))"
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -72,7 +72,7 @@ def test_pinned_only_measurements_have_no_isa_spread():
 
 
 def test_the_reseeding_check_reads_cells_and_each_methods_aggregate_both_ways(tmp_path):
-    from adbench.reseeding import compare
+    from adbench.operations.reseeding import compare
 
     values = {("a", "image_auroc"): 0.9, ("a", "pixel_auroc"): 0.7, ("b", "image_auroc"): 0.5, ("b", "pixel_auroc"): 0.3}
     for cat in ("a", "b"):
@@ -106,9 +106,9 @@ def test_the_reseeding_measurement_runs_every_method_with_every_seed(tmp_path, m
     """``make reseeding`` measures seed spreads: the CI config's ``run.one_seed`` must not cut any method to one seed."""
     import yaml
 
-    from adbench.estimate import ROOT, load_config
-    from adbench.reseeding import run_ci_config
-    from adbench.runs import method_seeds
+    from adbench.operations.estimate import ROOT, load_config
+    from adbench.operations.reseeding import run_ci_config
+    from adbench.methods.runs import method_seeds
     from snakemake.utils import update_config
 
     calls = []
@@ -118,7 +118,7 @@ def test_the_reseeding_measurement_runs_every_method_with_every_seed(tmp_path, m
     config = load_config(ci)
     update_config(config, yaml.safe_load((tmp_path / "override.yaml").read_text()))
     assert calls and str(tmp_path / "override.yaml") in calls[0]
-    from adbench.registry import method_class
+    from adbench.methods.registry import method_class
 
     deterministic = {m for m in config["run"]["methods"] if method_class(config["methods"][m]["impl"]).deterministic}
     assert {m: method_seeds(config, m) for m in config["run"]["methods"]} == {  # one fit says it all for these
@@ -128,8 +128,8 @@ def test_the_reseeding_measurement_runs_every_method_with_every_seed(tmp_path, m
 def test_the_reseeding_measurement_accepts_a_relative_work_folder(tmp_path, monkeypatch):
     """The Makefile passes ``--work build/reseeding``; Snakemake runs inside that folder, so every path handed
     to it must still name the override file from there (a relative one would be looked up twice nested)."""
-    from adbench.estimate import ROOT
-    from adbench.reseeding import run_ci_config
+    from adbench.operations.estimate import ROOT
+    from adbench.operations.reseeding import run_ci_config
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw["cwd"])))
@@ -143,8 +143,8 @@ def test_the_reseeding_measurement_accepts_a_relative_work_folder(tmp_path, monk
 def test_remeasuring_one_method_replaces_only_its_rows_in_place(tmp_path, monkeypatch):
     """``measure --methods patchsvdd``: only that method's run folders are targeted, its rows are replaced
     where they stood, every other method's rows stay byte for byte; a seed count that differs is refused."""
-    from adbench.estimate import ROOT
-    from adbench.reseeding import merge_methods, run_ci_config
+    from adbench.operations.estimate import ROOT
+    from adbench.operations.reseeding import merge_methods, run_ci_config
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))

@@ -14,11 +14,13 @@ import torch
 import yaml
 from synthetic import synthetic_split
 
-from adbench import evaluate, jobs
-from adbench.features import load_split, save_split
+from adbench.evaluation import evaluate
+
+from adbench import jobs
+from adbench.features.cache import load_split, save_split
 from adbench.protocol import DeviceError, resolve_device
-from adbench.registry import IMPLEMENTATIONS, MethodConfigError, check_method_entry, method_class
-from adbench.runs import run_config
+from adbench.methods.registry import IMPLEMENTATIONS, MethodConfigError, check_method_entry, method_class
+from adbench.methods.runs import run_config
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
@@ -229,8 +231,8 @@ def test_the_config_device_reaches_the_fit_and_evaluate_job(tmp_path, monkeypatc
 def test_the_config_device_reaches_the_feature_job(tmp_path, monkeypatch):
     """What ``workflow/scripts/extract_features.py`` calls: the backbone is built on the device, the
     cache holds CPU tensors and records the resolved device."""
-    import adbench.backbone
-    import adbench.features
+    import adbench.features.backbone
+    import adbench.features.cache
 
     made = []
 
@@ -240,8 +242,8 @@ def test_the_config_device_reaches_the_feature_job(tmp_path, monkeypatch):
             self.name = name
 
     split = synthetic_split(2, 1, seed=0)
-    monkeypatch.setattr(adbench.backbone, "Backbone", Recorder)
-    monkeypatch.setattr(adbench.features, "extract_split", lambda *args, **kwargs: split)
+    monkeypatch.setattr(adbench.features.backbone, "Backbone", Recorder)
+    monkeypatch.setattr(adbench.features.cache, "extract_split", lambda *args, **kwargs: split)
     source = {"name": "synthetic", "kind": "embedded", "root": str(tmp_path), "url": None}
     jobs.extract_features(source, "cat", "test", "synthetic", 64, str(tmp_path), 4, str(tmp_path / "f.pt"),
                           device="cpu")

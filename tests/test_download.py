@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adbench.datasets import list_samples, load_image, load_mask
-from adbench.download import DownloadError, download, extract, prepare_dataset
+from adbench.data.datasets import list_samples, load_image, load_mask
+from adbench.data.download import DownloadError, download, extract, prepare_dataset
 
 
 class RangeHandler(BaseHTTPRequestHandler):

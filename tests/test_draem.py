@@ -94,11 +94,11 @@ def test_perlin_masks_binary_varied_and_rotated():
 def test_offline_textures_deterministic_and_not_the_dataset_photos():
     import inspect
 
-    import adbench.embedded
+    import adbench.data.embedded
 
     names = {name.split(".")[0] for _, name in asrc.PHOTOS}
     assert not names & asrc.EXCLUDED_PHOTOS
-    source = inspect.getsource(adbench.embedded)
+    source = inspect.getsource(adbench.data.embedded)
     for name in names:  # the embedded dataset builds neither normals nor defects from these
         assert f'"{name}"' not in source and f"'{name}'" not in source and f"data.{name}(" not in source
     a, b = asrc.offline_textures(SIZE, seed=3), asrc.offline_textures(SIZE, seed=3)
@@ -223,9 +223,9 @@ def test_training_lowers_the_loss_and_logs_each_epoch(fitted):
 
 
 # Both bars at once.  Chance passes the image bar with probability 0.019 (exact, 8 normal vs 8 anomalous images:
-# adbench.learning.image_chance), so the pair at most that.  The pixel bar alone: the fitted maps (seed 0)
+# adbench.evaluation.learning.image_chance), so the pair at most that.  The pixel bar alone: the fitted maps (seed 0)
 # permuted over the 16 test images reach pixel AUROC 0.65 / 0.72 / 0.68 at the 98th percentile of 20,000
-# permutations (native / AVX2 / AVX2 with MKL pinned; adbench.learning.permutation_null), below 0.8.
+# permutations (native / AVX2 / AVX2 with MKL pinned; adbench.evaluation.learning.permutation_null), below 0.8.
 BARS = {"image AUROC": 0.8, "pixel AUROC": 0.8}
 
 
@@ -236,8 +236,8 @@ def test_anomalies_score_higher_than_normals(fitted, splits, training):
     pinned: trained image AUROC 1.0 in all, pixel 0.986 / 1.000 / 0.997 (seeds 1-4: image 1.0, pixel
     0.817-0.999); training skipped image 0.719, pixel 0.321 in all (seeds 1-4: pixel 0.146-0.581, image up to
     1.0: the untrained network's maximum happens to sit on the red disc, its map does not)."""
-    from adbench.learning import training_skipped
-    from adbench.metrics import roc_auc
+    from adbench.evaluation.learning import training_skipped
+    from adbench.evaluation.metrics import roc_auc
 
     train, test = splits
     if training == "trained":

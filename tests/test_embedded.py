@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adbench.datasets import list_categories, list_samples, load_mask
-from adbench.embedded import CATEGORIES, DEFECT_KIND, EmbeddedConfig, defects_of, generate_category
+from adbench.data.datasets import list_categories, list_samples, load_mask
+from adbench.data.embedded import CATEGORIES, DEFECT_KIND, EmbeddedConfig, defects_of, generate_category
 
 from conftest import SMALL
 
@@ -61,7 +61,7 @@ def test_logical_defects_keep_parts_intact(embedded_root):
 
 
 # sha256 over (path relative to the category, NUL, file bytes) of every PNG under train/, test/ and
-# ground_truth/, sorted by path, as written by adbench/embedded.py at commit HEAD before the validation split
+# ground_truth/, sorted by path, as written by adbench/data/embedded.py at commit HEAD before the validation split
 # existed (computed once with that code).  The committed reference numbers were measured on these images.
 _TINY = dict(seed=0, size=64, n_train=2, n_test_good=2, n_test_anomalous=6)
 _TINY_SHA256 = {

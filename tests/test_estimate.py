@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from adbench.estimate import ROOT, cache_bytes_per_image, estimate, load_config, main
-from adbench.registry import IMPLEMENTATIONS
+from adbench.operations.estimate import ROOT, cache_bytes_per_image, estimate, load_config, main
+from adbench.methods.registry import IMPLEMENTATIONS
 
 
 def _bench(seconds_per_epoch: float) -> dict:

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import browser
-from adbench.significance import delong
-from adbench.runs import load_config
+from adbench.reporting.significance import delong
+from adbench.methods.runs import load_config
 from workflow_runs import ROOT, snakemake
 
 TABLES = ["table1", "table2", "table2_pixel", "table3", "table4", "defects_image", "defects_pixel"]

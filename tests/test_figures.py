@@ -14,8 +14,8 @@ import torch
 from matplotlib.image import AxesImage
 from PIL import Image
 
-from adbench import figures as F
-from adbench.embedded import DEFECT_KIND
+from adbench.reporting import figures as F
+from adbench.data.embedded import DEFECT_KIND
 from adbench.protocol import Split
 
 METHODS = ["fod", "patchcore", "draem", "cflow"]
@@ -107,7 +107,7 @@ def test_bytes_do_not_depend_on_the_hash_seed_and_the_backend_is_left_alone(tmp_
     ranks, p = _cd_inputs()
     script = textwrap.dedent("""
         import io, sys, matplotlib, pandas as pd
-        from adbench import figures as F
+        from adbench.reporting import figures as F
         out, ranks, p, table = sys.argv[1], *(pd.read_json(io.StringIO(a), orient="split") for a in sys.argv[2:])
         before = dict.__getitem__(matplotlib.rcParams, "backend")
         F.cd_diagram(ranks.iloc[:, 0], p, 1.2, 12, out + "/cd")

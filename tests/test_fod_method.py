@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from adbench.metrics import roc_auc
+from adbench.evaluation.metrics import roc_auc
 from adbench.protocol import Split
 from fod.ablations import ABLATIONS
 from fod.config import VARIANTS, resolve

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adbench.golden import compare, expected_cells, reference_for, summary, write
-from adbench.runs import load_config, run_folder
+from adbench.operations.golden import compare, expected_cells, reference_for, summary, write
+from adbench.methods.runs import load_config, run_folder
 from workflow_runs import ROOT
 
 CI = ROOT / "config" / "ci.yaml"
@@ -131,8 +131,8 @@ def test_a_per_category_param_changes_only_that_categorys_cell_hashes():
     """methods.<m>.per_category.<c> lays params over methods.<m>.params for category c only (PatchSVDD's
     lambda is tuned per class by its author): its cells get their own config hash, which the workflow
     (workflow/rules/common.smk cell_config) and the golden files compute the same way."""
-    from adbench.golden import cell_hashes
-    from adbench.registry import cell_params
+    from adbench.operations.golden import cell_hashes
+    from adbench.methods.registry import cell_params
 
     config = load_config(ROOT / "config" / "ci.yaml")
     before = cell_hashes(config)

@@ -1,4 +1,4 @@
-"""The learning check (adbench.learning) on the CI data, for every configuration that a registered method's
+"""The learning check (adbench.evaluation.learning) on the CI data, for every configuration that a registered method's
 ``learning_budget`` declares, and its mutation test: each configuration passes, and each deliberately broken
 variant of it (its output shuffled across the test images; its training skipped) fails.
 
@@ -6,7 +6,7 @@ The CI data: config/ci.yaml's embedded categories and generator (16 training ima
 anomalous test images per category) at its 64 px, tests/conftest.py's ``embedded_splits``.  Every fit runs
 once per session: the broken "shuffled" variant permutes the cached fits' outputs, the "untrained" one is
 fitted once per configuration.  The floors, their chance probabilities and every configuration's measured
-values (seeds 0-2, native AVX-512 and pinned AVX2 kernels) are in adbench/learning.py;
+values (seeds 0-2, native AVX-512 and pinned AVX2 kernels) are in adbench/evaluation/learning.py;
 ``python benchmarks/learning_margins.py all`` measures them again (seeds 0-4, both kernel settings).
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from adbench import learning
-from adbench.datasets import defect_kinds
-from adbench.registry import IMPLEMENTATIONS, method_class
+from adbench.evaluation import learning
+from adbench.data.datasets import defect_kinds
+from adbench.methods.registry import IMPLEMENTATIONS, method_class
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = ("brick", "coins")  # config/ci.yaml's (checked below); tests/conftest.py generates them
@@ -105,7 +105,7 @@ def test_matched_pixel_auroc_and_its_permutation_null(embedded_splits):
     ``rank_table`` gives it, and the plain pixel AUROC, for any assignment of maps to images (ties included); a
     map that ignores its image scores 1/2 at matched positions, however it is laid out, while the plain pixel
     AUROC does not."""
-    from adbench.metrics import roc_auc
+    from adbench.evaluation.metrics import roc_auc
     from adbench.protocol import Prediction
 
     test = embedded_splits("brick")[1]

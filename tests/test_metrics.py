@@ -1,4 +1,4 @@
-"""Tests of adbench.metrics against scikit-learn, brute force and hand-computed curves."""
+"""Tests of adbench.evaluation.metrics against scikit-learn, brute force and hand-computed curves."""
 from __future__ import annotations
 
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from adbench import metrics
+from adbench.evaluation import metrics
 
 SEEDS = range(6)
 

@@ -8,7 +8,7 @@ session's CI workflow run (``ci_run``), where the workflow called ``log_parent``
 ``results/mlflow_parent.json`` = ``{"run_id": ..., "experiment": ...}``.
 
 The experiments' artifact roots are absolute ``file:`` URIs (``<db folder>/mlflow-artifacts/<experiment>``,
-see adbench.tracking), which the server lists and serves directly; ``--artifacts-destination`` points at
+see adbench.evaluation.tracking), which the server lists and serves directly; ``--artifacts-destination`` points at
 the same folder, for experiments the server itself would create.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pytest
 pytest.importorskip("mlflow")
 from test_tracking import fake_outputs, make_run  # noqa: E402
 
-from adbench.tracking import log_parent, log_runs  # noqa: E402
+from adbench.evaluation.tracking import log_parent, log_runs  # noqa: E402
 
 SERVER_START_S = 120  # a cold start takes ~15 s on an idle 2-core machine
 STOP_GRACE_S = 10

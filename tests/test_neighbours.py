@@ -1,8 +1,8 @@
-"""adbench.neighbours: exact nearest-neighbour distances and greedy k-centre selection, in each caller's variant."""
+"""adbench.methods.neighbours: exact nearest-neighbour distances and greedy k-centre selection, in each caller's variant."""
 import pytest
 import torch
 
-from adbench.neighbours import greedy_k_center, nearest_distances, random_projection
+from adbench.methods.neighbours import greedy_k_center, nearest_distances, random_projection
 
 
 def _naive_greedy(z: torch.Tensor, n: int, start: torch.Tensor) -> list[int]:

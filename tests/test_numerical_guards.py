@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from adbench import evaluate
-from adbench.features import save_split
+from adbench.evaluation import evaluate
+from adbench.features.cache import save_split
 from adbench.protocol import AnomalyMethod, NonFiniteLossError, Prediction, check_finite_losses
-from adbench.registry import IMPLEMENTATIONS, method_class
+from adbench.methods.registry import IMPLEMENTATIONS, method_class
 from synthetic import synthetic_split
 
 #: The registry's methods that train (they declare the params that count their epochs).

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adbench.tables import PAPER_CATEGORIES
+from adbench.reporting.tables import PAPER_CATEGORIES
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "results" / "paper"

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from adbench.embedded import DEFECT_KIND
-from adbench.metrics import roc_auc
+from adbench.data.embedded import DEFECT_KIND
+from adbench.evaluation.metrics import roc_auc
 from adbench.protocol import ParamError, Split
 from baselines.patchcore import PAPER_PARAMS, PatchCore, patch_embeddings, smoothing_sigma_px
 

@@ -6,8 +6,8 @@ import re
 import pytest
 import yaml
 
-from adbench.estimate import ROOT, load_config
-from adbench.registry import method_class
+from adbench.operations.estimate import ROOT, load_config
+from adbench.methods.registry import method_class
 
 PAPER = load_config(ROOT / "config" / "paper.yaml")
 BUDGET_KEYS = ("lr", "epochs", "meta_epochs", "sub_epochs", "batch_size", "repeat")

@@ -78,7 +78,7 @@ DRY_RUN_ONLY: dict[str, str] = {
     "make install": "(re)installs the environment the tests run in (.venv)",
     "make reference": (
         "a fresh pinned run of the CI config in build/reference (about 3 min: the ci_run fixture's run again), "
-        "then `python -m adbench.golden write`; tests/test_golden.py::"
+        "then `python -m adbench.operations.golden write`; tests/test_golden.py::"
         "test_the_ci_run_reproduces_its_golden_files_exactly compares ci_run with the files it writes"),
     "make reference-default": "a fresh run of the default config (as long as make run, 11.5 min)",
     "make reseeding": "five runs of the CI config (seeds 0-4), about 15 min",
@@ -127,8 +127,8 @@ TINY: dict[str, tuple[str, str]] = {
     "python benchmarks/bench_devices.py --device cuda --budget paper --out results/benchmarks/devices_cuda.json": (
         "python benchmarks/bench_devices.py --device cuda --budget paper --out results/benchmarks/devices_cuda.json "
         "--quick", "every method at the paper's network sizes, 60 images at 256 px, 3 epochs"),
-    "python -m adbench.golden check --results results --reference results/reference/default": (
-        "python -m adbench.golden check --results results --reference results/reference/ci --config config/ci.yaml",
+    "python -m adbench.operations.golden check --results results --reference results/reference/default": (
+        "python -m adbench.operations.golden check --results results --reference results/reference/ci --config config/ci.yaml",
         "needs a finished default run (make run, 11.5 min): the same check of the finished CI run against the "
         "CI config's golden files"),
 }
@@ -662,7 +662,7 @@ def test_commands_are_extracted_from_the_shell_blocks_and_the_prose():
 def test_commands_are_dispatched_by_their_first_words():
     assert handler_for((".venv/bin/snakemake", "-n")) is exercise_snakemake
     assert handler_for(("python3.11", "-m", "pytest")) is exercise_pytest
-    assert handler_for(("python3.11", "-m", "adbench.estimate")) is exercise_python
+    assert handler_for(("python3.11", "-m", "adbench.operations.estimate")) is exercise_python
     assert handler_for(("pip3", "install", "-e", ".")) is exercise_pip_install
     for unknown in (("docker", "run", "x"), ("pip", "download", "."), ("mlflow", "server"), ("conda", "install")):
         assert handler_for(unknown) is None, unknown  # its README test fails and asks for a handler
@@ -760,7 +760,7 @@ def test_the_readme_ci_commands_are_what_the_ci_run_fixture_runs(pristine):
 @pytest.mark.parametrize("words", [
     ("snakemake", "all_tables", "--cores", "2", "--configfle", "config/ci.yaml"),
     ("snakemake", "-n", "all_tables", "--workflow-profle", "workflow/profiles/slurm"),  # (a prefix would pass)
-    ("python", "-m", "adbench.estimate", "--confg", "config/paper.yaml"),
+    ("python", "-m", "adbench.operations.estimate", "--confg", "config/paper.yaml"),
     ("make", "bnch"),
     ("python", "-m", "pytest", "-m", "slurm", "--markr"),
     ("mlflow", "ui", "--backend-store-url", "sqlite:///results/mlflow.db"),

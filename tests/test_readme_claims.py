@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from adbench.golden import read_cells
-from adbench.runs import load_config
+from adbench.operations.golden import read_cells
+from adbench.methods.runs import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "results" / "reference" / "default"

@@ -1,4 +1,4 @@
-"""adbench.report: the static HTML report, checked as markup and as rendered by headless Chromium."""
+"""adbench.reporting.report: the static HTML report, checked as markup and as rendered by headless Chromium."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import browser
-from adbench.report import Figure, Highlight, Section, Table, build_report
+from adbench.reporting.report import Figure, Highlight, Section, Table, build_report
 
 RED = (220, 30, 30)
 HOSTILE = 'AUROC <script>alert("x")</script> & `code`'

@@ -1,4 +1,4 @@
-"""adbench.significance against hand-derived numbers and independent computations."""
+"""adbench.reporting.significance against hand-derived numbers and independent computations."""
 from __future__ import annotations
 
 import math
@@ -10,10 +10,10 @@ import torch
 from scipy import ndimage, stats
 from sklearn.metrics import roc_auc_score
 
-from adbench.features import save_split
+from adbench.features.cache import save_split
 from adbench.protocol import Split
-from adbench.runs import run_folder
-from adbench.significance import (
+from adbench.methods.runs import run_folder
+from adbench.reporting.significance import (
     _hist_auc, _unit_histograms, compare_runs, critical_difference, delong, delong_placements, friedman_nemenyi,
     holm, paired_bootstrap_image, paired_bootstrap_pixel, summarise, wilcoxon_per_baseline, write_significance,
 )
@@ -271,7 +271,7 @@ STRENGTH = {"fod": 3.0, "patchcore": 2.5, "cflow": 0.2}
 
 
 def write_runs(root, seeds_of):
-    """Feature caches (via save_split) and run folders as adbench.evaluate writes them, two categories."""
+    """Feature caches (via save_split) and run folders as adbench.evaluation.evaluate writes them, two categories."""
     rng = np.random.default_rng(8)
     labels = np.r_[np.ones(N_IMAGES // 2, np.int64), np.zeros(N_IMAGES // 2, np.int64)]
     ids = [f"test/{'crack' if l else 'good'}/{i:03d}" for i, l in enumerate(labels)]
@@ -386,7 +386,7 @@ def test_maps_npz_keeps_tiny_and_huge_maps_to_float16_precision(tmp_path, magnit
     """write_maps stores float16 relative to the maps' maximum: the file holds the maps to float16's relative
     precision, and its pixel AUROC equals the float32 one, however small (PatchSVDD's ~1e-6) or large the
     values; unscaled float16 loses both ends."""
-    from adbench.runs import read_maps, write_maps
+    from adbench.methods.runs import read_maps, write_maps
 
     rng = np.random.default_rng(0)
     masks = np.zeros((6, 16, 16), dtype=np.uint8)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from run_folders import write_result_files
 
-from adbench.tables import PAPER_CATEGORIES, StaleRunError, Table, to_latex, to_markdown, write_table
+from adbench.reporting.tables import PAPER_CATEGORIES, StaleRunError, Table, to_latex, to_markdown, write_table
 
 
 def write_table2(paths, dataset, methods, csv_out, md_out, expected=None, metric="image_auroc"):

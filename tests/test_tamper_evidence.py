@@ -1,4 +1,4 @@
-"""Tamper-evident results (adbench.integrity): every reader of metrics.json checks it against its run folder.
+"""Tamper-evident results (adbench.evaluation.integrity): every reader of metrics.json checks it against its run folder.
 
 Real run folders are made once per module by ``fit_run`` + ``evaluate_run`` (PatchCore, which trains
 nothing, on small synthetic splits); each test edits a copy of one by hand, as a person touching up a
@@ -17,13 +17,13 @@ import pytest
 import yaml
 from synthetic import synthetic_split
 
-from adbench import evaluate
-from adbench.features import save_split
-from adbench.integrity import AUROC_TOLERANCE, DIGESTS, TamperedRunError, read_metrics, read_scores, sha256_of
-from adbench.metrics import roc_auc
-from adbench.registry import check_method_entry
-from adbench.runs import read_maps, run_config, run_folder, write_maps
-from adbench.tables import write_table
+from adbench.evaluation import evaluate
+from adbench.features.cache import save_split
+from adbench.evaluation.integrity import AUROC_TOLERANCE, DIGESTS, TamperedRunError, read_metrics, read_scores, sha256_of
+from adbench.evaluation.metrics import roc_auc
+from adbench.methods.registry import check_method_entry
+from adbench.methods.runs import read_maps, run_config, run_folder, write_maps
+from adbench.reporting.tables import write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = ("a", "b")
@@ -179,7 +179,7 @@ def test_a_degenerate_cell_is_never_read_as_an_auroc(results):
 
 
 def test_the_figures_and_the_category_summary_refuse_an_edited_run(results, tmp_path):
-    from adbench.evidence import draw_figures
+    from adbench.reporting.evidence import draw_figures
     from adbench.jobs import summarise_category
 
     paths = metrics_files(results)

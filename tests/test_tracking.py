@@ -1,4 +1,4 @@
-"""MLflow logging (adbench.tracking): idempotent, crash-safe, and correct with many processes at once.
+"""MLflow logging (adbench.evaluation.tracking): idempotent, crash-safe, and correct with many processes at once.
 
 The run folders are fakes with the files ``fit_run`` / ``evaluate_run`` write (run.json, metrics.json,
 map_*.png); every check reads the store back through ``MlflowClient``.
@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from run_folders import write_result_files
 
-from adbench import tracking
-from adbench.integrity import TamperedRunError
-from adbench.tracking import log_runs
+from adbench.evaluation import tracking
+from adbench.evaluation.integrity import TamperedRunError
+from adbench.evaluation.tracking import log_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 mlflow = pytest.importorskip("mlflow")
@@ -36,7 +36,7 @@ from pathlib import Path
 
 spec = json.loads(Path(sys.argv[1]).read_text())
 import mlflow
-from adbench import tracking
+from adbench.evaluation import tracking
 
 if spec.get("stall_after_batches"):
     original, calls = mlflow.MlflowClient.log_batch, []
@@ -102,7 +102,7 @@ def runs_by_key(client, experiment: str) -> dict[str, list]:
 
 
 def cell_tags(folder: Path) -> dict[str, str]:
-    """The tags a cell run of ``folder`` must carry, read from its files here (not by adbench.tracking)."""
+    """The tags a cell run of ``folder`` must carry, read from its files here (not by adbench.evaluation.tracking)."""
     identity = json.loads((folder / "run.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"kind": "cell", "run_key": run_key(folder), "dataset": identity["dataset"],
@@ -197,7 +197,7 @@ def test_logging_the_same_folders_twice_returns_the_same_runs(store, tmp_path):
 @pytest.mark.parametrize("edit", ["metrics.json", "scores.csv"])
 def test_a_hand_edited_run_is_refused_and_nothing_of_the_call_is_logged(store, tmp_path, edit):
     """The issue's edit (image AUROC 0.9 -> 0.999 in metrics.json), or a changed score in scores.csv, stops
-    log_runs before the store is touched, naming the file (adbench.integrity, as the tables check it)."""
+    log_runs before the store is touched, naming the file (adbench.evaluation.integrity, as the tables check it)."""
     uri, client = store
     untouched, edited = make_run(tmp_path, "carpet", "patchcore"), make_run(tmp_path, "carpet", "fod")
     if edit == "metrics.json":
@@ -490,7 +490,7 @@ def test_a_rerun_supersedes_the_cells_previous_run(store, tmp_path):
 
 
 class Crash(BaseException):
-    """A process dying at this point (nothing in adbench.tracking handles it)."""
+    """A process dying at this point (nothing in adbench.evaluation.tracking handles it)."""
 
 
 @pytest.mark.parametrize("where", ["before the new run is current", "before the old run is un-marked"])
@@ -636,7 +636,7 @@ def test_log_parent_refuses_bad_input_naming_it(store, tmp_path):
 
 
 def test_a_store_that_is_not_sqlite_is_named_with_its_fix(tmp_path):
-    from adbench.tracking import store_problem
+    from adbench.evaluation.tracking import store_problem
 
     db = tmp_path / "mlflow.db"
     assert store_problem(f"sqlite:///{db}") is None  # not there yet: MLflow creates it

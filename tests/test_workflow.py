@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adbench.determinism import ISA_VARIABLES
-from adbench.golden import cell_key, expected_cells
-from adbench.reseeding import compare
-from adbench.runs import load_config
+from adbench.methods.determinism import ISA_VARIABLES
+from adbench.operations.golden import cell_key, expected_cells
+from adbench.operations.reseeding import compare
+from adbench.methods.runs import load_config
 from workflow_runs import ROOT, snakemake, snakemake_command, table_texts
 
 CI = load_config(ROOT / "config" / "ci.yaml")
@@ -92,7 +92,7 @@ def test_runs_are_logged_to_mlflow(ci_run):
 
 
 def test_logging_the_same_runs_again_creates_no_duplicates(ci_run):
-    from adbench.tracking import log_runs
+    from adbench.evaluation.tracking import log_runs
 
     folder = ci_run / "results" / "embedded" / "coins" / "patchcore" / "seed0"
     uri = f"sqlite:///{ci_run / 'results' / 'mlflow.db'}"
@@ -218,7 +218,7 @@ def test_adding_a_category_to_a_real_dataset_redoes_no_other_category(tmp_path):
     """An MVTec-layout folder (written by the embedded generator): run one category, add a second; the
     plan then prepares, extracts and fits only the new one (per-category markers, no categories in the
     rules' params)."""
-    from adbench.embedded import EmbeddedConfig, generate_category
+    from adbench.data.embedded import EmbeddedConfig, generate_category
 
     small = EmbeddedConfig(seed=0, size=64, n_train=4, n_test_good=2, n_test_anomalous=2)
     for category in ("brick", "coins"):
@@ -341,7 +341,7 @@ def test_the_paper_profile_dry_runs_without_its_data_or_weights(tmp_path):
 def test_data_root_replaces_the_roots_and_names_what_is_missing(tmp_path):
     """data_root holds the datasets on disk: nothing is downloaded; categories it lacks stop the run at
     once, naming them and the folder looked in."""
-    from adbench.embedded import EmbeddedConfig, generate_category
+    from adbench.data.embedded import EmbeddedConfig, generate_category
 
     generate_category(tmp_path / "disk" / "mvtec_ad", "brick", EmbeddedConfig(seed=0, size=64, n_train=2,
                                                                               n_test_good=1, n_test_anomalous=1))

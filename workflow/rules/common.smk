@@ -6,18 +6,18 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from adbench.determinism import pin_cpu_isa
-from adbench.evidence import draws_cd_diagram, draws_paper_scatter
-from adbench.golden import folder_digest, overlays, reference_named
-from adbench.registry import cell_params, check_method_entry, method_class
-from adbench.runs import config_hash, resolve_tables, run_config, run_folder
-from adbench.tracking import store_problem
-from adbench.runs import method_seeds as seeds_of
-from adbench.tables import EMPHASIS, ablation_label
+from adbench.methods.determinism import pin_cpu_isa
+from adbench.reporting.evidence import draws_cd_diagram, draws_paper_scatter
+from adbench.operations.golden import folder_digest, overlays, reference_named
+from adbench.methods.registry import cell_params, check_method_entry, method_class
+from adbench.methods.runs import config_hash, resolve_tables, run_config, run_folder
+from adbench.evaluation.tracking import store_problem
+from adbench.methods.runs import method_seeds as seeds_of
+from adbench.reporting.tables import EMPHASIS, ablation_label
 
 
 validate(config, schema="../schemas/config.schema.yaml")
-resolve_tables(config)  # the table lists a config leaves out (adbench.runs.resolve_tables)
+resolve_tables(config)  # the table lists a config leaves out (adbench.methods.runs.resolve_tables)
 # Before any job starts: every job is a child process and inherits the pinned kernel ISA.
 pin_cpu_isa(config["determinism"]["cpu_isa"])
 
@@ -72,7 +72,7 @@ def _check_config():
                 raise ValueError(f"{key} uses method '{m}', which is not in run.methods")
     # Missing data or backbone weights stop a run now, not after an hour of data preparation; a dry run
     # only warns, so that it can list the whole DAG of a profile whose data is not here (config/paper.yaml).
-    from adbench.backbone import BackboneWeightsError, weights_file
+    from adbench.features.backbone import BackboneWeightsError, weights_file
 
     problems = _missing_data()
     try:
@@ -113,7 +113,7 @@ def method_params(method, category):
 
 
 def cell_config(dataset, category, method, seed):
-    """What determines one run's numbers (``adbench.runs.run_config``); its hash is in metrics.json."""
+    """What determines one run's numbers (``adbench.methods.runs.run_config``); its hash is in metrics.json."""
     return run_config(config, dataset, method, seed, method_params(method, category))
 
 
@@ -178,7 +178,7 @@ def fit_inputs(wildcards):
 
 
 def method_seeds(method):
-    """A method's seeds (``adbench.runs.method_seeds``: ``run.seeds``, the first only if in ``run.one_seed``)."""
+    """A method's seeds (``adbench.methods.runs.method_seeds``: ``run.seeds``, the first only if in ``run.one_seed``)."""
     return seeds_of(config, method)
 
 
@@ -263,7 +263,7 @@ def figure_stems():
 
 
 def table_specs():
-    """What each table rule writes from (``adbench.tables.write_table``'s ``spec``) and which runs it reads."""
+    """What each table rule writes from (``adbench.reporting.tables.write_table``'s ``spec``) and which runs it reads."""
     ds = TABLE2["dataset"]
     specs = {
         "table1": {"kind": "table1", "dataset": ds, "methods": TABLE2["methods"]},

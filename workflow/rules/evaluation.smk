@@ -25,7 +25,7 @@ rule category_summary:
 
 
 rule track_category:
-    """All runs of one category into MLflow, in one process (see adbench/tracking.py)."""
+    """All runs of one category into MLflow, in one process (see adbench/evaluation/tracking.py)."""
     input:
         category_metrics,
     output:

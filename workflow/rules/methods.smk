@@ -1,5 +1,5 @@
 # Stage 3: fit each method on a category's cached training split and evaluate it on the test split.
-# One job does both (adbench.evaluate.fit_run, then evaluate_run): a job's fixed cost (starting Python,
+# One job does both (adbench.evaluation.evaluate.fit_run, then evaluate_run): a job's fixed cost (starting Python,
 # importing torch, reading the caches) is several seconds, comparable to a reduced-budget fit.
 
 
@@ -16,7 +16,7 @@ rule fit_evaluate:
         # Everything that determines the run's numbers (its config hash): a change reruns the cell.
         run=lambda w: cell_config(w.dataset, w.category, w.method, int(w.seed)),
         weights_dir=config["backbone"]["weights_dir"],
-        # Where to fit and score (auto: CUDA when present); recorded, not hashed (adbench.runs.run_config).
+        # Where to fit and score (auto: CUDA when present); recorded, not hashed (adbench.methods.runs.run_config).
         device=config.get("device", "auto"),
     # One torch thread, whatever --cores says: training results depend on the thread count.
     threads: 1

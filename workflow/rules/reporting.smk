@@ -8,7 +8,7 @@ rule table:
     """One of the paper's tables (``TABLE_SPECS``): reads the metrics.json of the runs it covers, and refuses
     any made with other settings than the current config's (config hash), and any whose scores.csv or
     maps.npz differ from the digests it records or whose image AUROC is not that of its scores.csv
-    (adbench.integrity)."""
+    (adbench.evaluation.integrity)."""
     input:
         metrics=lambda w: metrics_files(*table_runs(w.name)),
         checked=lambda w: [p.replace("metrics.json", f) for p in metrics_files(*table_runs(w.name))
@@ -41,7 +41,7 @@ rule table:
 rule significance:
     """Table 2's reference method (FOD) against each other method: DeLong per category (Holm-corrected),
     paired bootstrap CIs over test images (image and pixel AUROC), Wilcoxon and Friedman/Nemenyi across
-    categories (adbench.significance)."""
+    categories (adbench.reporting.significance)."""
     input:
         metrics=table2_run_files("metrics.json"),
         scores=table2_run_files("scores.csv"),
@@ -77,7 +77,7 @@ rule significance:
 
 rule figures:
     """AUROC heatmaps, the critical-difference diagram, ROC curves and map galleries per category, FOD's
-    training curves and (when the paper has the dataset) reproduced-vs-paper values (adbench.figures)."""
+    training curves and (when the paper has the dataset) reproduced-vs-paper values (adbench.reporting.figures)."""
     input:
         metrics=table2_run_files("metrics.json"),
         scores=table2_run_files("scores.csv"),
@@ -114,7 +114,7 @@ rule figures:
 
 
 rule html_report:
-    """Every table and figure in one self-contained HTML file (adbench.report); open it in any browser."""
+    """Every table and figure in one self-contained HTML file (adbench.reporting.report); open it in any browser."""
     input:
         tables=[table_files(name)["csv"] for name in table_names()],
         markdown=[table_files(name)["md"] for name in table_names()],
@@ -144,7 +144,7 @@ rule html_report:
 
 rule track_all_tables:
     """One MLflow parent run for this all_tables execution: the tables, figures and report as artifacts, every
-    cell's run nested under it (adbench.tracking.log_parent)."""
+    cell's run nested under it (adbench.evaluation.tracking.log_parent)."""
     input:
         cells=[f"{RESULTS}/{ds}/{c}/mlflow.json" for ds in config["run"]["datasets"]
                for c in config["datasets"][ds]["categories"]],
@@ -179,7 +179,7 @@ rule track_all_tables:
 
 rule reproduction:
     """What the run reproduced: Table 2's means, the exact comparison with the committed golden files of this
-    config (results/reference/<name>/, adbench.golden; "no committed reference" for other configs), and where
+    config (results/reference/<name>/, adbench.operations.golden; "no committed reference" for other configs), and where
     the outputs are.  Printed at the end of a successful run (onsuccess, Snakefile)."""
     input:
         tables=[f for name in table_names() for f in table_files(name).values()],

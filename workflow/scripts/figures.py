@@ -1,4 +1,4 @@
-from adbench.evidence import draw_figures
+from adbench.reporting.evidence import draw_figures
 from adbench.jobs import job_context
 
 params = snakemake.params

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from adbench.evaluate import evaluate_run, fit_run
+from adbench.evaluation.evaluate import evaluate_run, fit_run
 from adbench.jobs import job_context
 
 inp, out, params = snakemake.input, snakemake.output, snakemake.params

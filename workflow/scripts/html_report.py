@@ -1,6 +1,6 @@
 from adbench.jobs import job_context
-from adbench.report import benchmark_report
-from adbench.tracking import git_commit
+from adbench.reporting.report import benchmark_report
+from adbench.evaluation.tracking import git_commit
 
 inp, params = snakemake.input, snakemake.params
 with job_context(snakemake.log[0], snakemake.threads):

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from adbench.golden import summary
+from adbench.operations.golden import summary
 from adbench.jobs import job_context
-from adbench.runs import write_atomic
+from adbench.methods.runs import write_atomic
 
 with job_context(snakemake.log[0], snakemake.threads):
     text = summary(Path(snakemake.output[0]).parent, snakemake.config, list(snakemake.params.overlays))

@@ -1,6 +1,6 @@
 from adbench.jobs import job_context
-from adbench.significance import write_significance
-from adbench.tables import load_metrics
+from adbench.reporting.significance import write_significance
+from adbench.reporting.tables import load_metrics
 
 inp, out, params = snakemake.input, snakemake.output, snakemake.params
 with job_context(snakemake.log[0], snakemake.threads):

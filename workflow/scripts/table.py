@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from adbench.jobs import job_context
-from adbench.tables import write_table
+from adbench.reporting.tables import write_table
 
 with job_context(snakemake.log[0], snakemake.threads):
     write_table(dict(snakemake.params.spec), list(snakemake.input.metrics), str(Path(snakemake.output.csv).with_suffix("")),

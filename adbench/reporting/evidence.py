@@ -1,4 +1,4 @@
-"""The workflow's figures of one dataset's runs (Table 2's dataset and methods), drawn by ``adbench.figures``.
+"""The workflow's figures of one dataset's runs (Table 2's dataset and methods), drawn by ``adbench.reporting.figures``.
 
 What ``draw_figures`` writes into ``out`` (each as ``.png`` and ``.pdf``):
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from adbench.datasets import defect_kinds
-from adbench.runs import run_folder
-from adbench.tables import load_metrics, paper_reference
+from adbench.data.datasets import defect_kinds
+from adbench.methods.runs import run_folder
+from adbench.reporting.tables import load_metrics, paper_reference
 
 
 def draws_cd_diagram(n_methods: int, n_categories: int) -> bool:
@@ -43,11 +43,11 @@ def draw_figures(results: str | Path, dataset: str, categories: list[str], metho
 
     ``seeds_of``: each method's seeds (the workflow's ``method_seeds``); ``curve_methods``: the methods whose
     training curves are drawn; ``expected``: metrics.json path -> config hash, stale runs are refused
-    (``adbench.tables.load_metrics``).
+    (``adbench.reporting.tables.load_metrics``).
     """
-    from adbench import figures  # matplotlib, torch: not for the workflow's parse-time predicates above
-    from adbench.features import load_split
-    from adbench.significance import friedman_nemenyi
+    from adbench.reporting import figures  # matplotlib, torch: not for the workflow's parse-time predicates above
+    from adbench.features.cache import load_split
+    from adbench.reporting.significance import friedman_nemenyi
 
     out = Path(out)
     paths = [f"{run_folder(results, dataset, c, m, s)}/metrics.json" for c in categories for m in methods

@@ -10,7 +10,7 @@ fits and passes when each named statistic exceeds its bar:
 * ``image_auroc``: image AUROC, every anomalous test image against the normal ones;
 * ``local_pixel_auroc``: pixel AUROC at matched positions (``matched_pixel_auroc``) over the local subset,
   the normal images and those with a local defect (a kind given by the dataset, e.g.
-  ``adbench.embedded.DEFECT_KIND``), the defects a map can localise: each local defect's pixels in its own
+  ``adbench.data.embedded.DEFECT_KIND``), the defects a map can localise: each local defect's pixels in its own
   image's map against the same pixels in the maps of the subset's other images.  Comparing like positions
   makes a map that ignores its image score 1/2 whatever its spatial layout; the plain pixel AUROC would not
   (defects avoid the image border, so maps that are low at the border pass 0.65 by chance for some
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from adbench.metrics import roc_auc
+from adbench.evaluation.metrics import roc_auc
 from adbench.protocol import AnomalyMethod, Prediction, Split
 
 #: The method seeds of every check: with 2 categories, 6 fits per configuration.
@@ -56,7 +56,7 @@ STATISTICS: tuple[str, ...] = ("image_auroc", "local_pixel_auroc")
 
 # The floors, and what every configuration scores.  Measured by benchmarks/learning_margins.py on the CI data,
 # one torch thread, the asserted seeds 0-2, three kernel settings: native AVX-512 / ATen and oneDNN capped at
-# AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) / the same plus MKL_CBWR=AVX2 (adbench.determinism's
+# AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) / the same plus MKL_CBWR=AVX2 (adbench.methods.determinism's
 # full pin); [worst]: the lowest mean over any 3 of seeds 0-4 in any setting; untrained: training skipped
 # (the same in every setting); shuffled: the output permuted across test images (native).  Bars above a
 # floor, and statistics a configuration is not judged on ("-"), are explained in its ``learning_budget``.
@@ -133,7 +133,7 @@ def budgets(cls: type[AnomalyMethod]) -> dict[str, Budget]:
     """
     declared = getattr(cls, "learning_budget", None)
     if not declared or not isinstance(declared, Mapping):
-        raise ValueError(f"{cls.__name__} declares no learning_budget: add one (adbench.learning) so that the "
+        raise ValueError(f"{cls.__name__} declares no learning_budget: add one (adbench.evaluation.learning) so that the "
                          f"learning check can tell whether it learns")
     out = {}
     for name, entry in declared.items():
@@ -245,7 +245,7 @@ def matched_pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     """Pixel AUROC at matched positions.  masks: (n, H, W) in {0, 1}; maps: (n, H, W) float.
 
     Positives: the pixels of each image's mask, in that image's map; negatives: the same pixels in the maps
-    of the n - 1 other images.  All (image, mask) blocks are ranked together (``adbench.metrics.roc_auc``).
+    of the n - 1 other images.  All (image, mask) blocks are ranked together (``adbench.evaluation.metrics.roc_auc``).
     """
     values, labels = [], []
     for i in np.flatnonzero(masks.reshape(len(masks), -1).any(1)):
@@ -334,7 +334,7 @@ def image_chance(bar: float, counts: Sequence[tuple[int, int]]) -> float:
 
 def image_chance_monte_carlo(bar: float, counts: Sequence[tuple[int, int]], draws: int, seed: int = 0) -> float:
     """``image_chance`` by simulation: ``draws`` sets of uniform random scores at ``counts``, AUROC by
-    ``adbench.metrics``' definition (Mann-Whitney with ranks)."""
+    ``adbench.evaluation.metrics``' definition (Mann-Whitney with ranks)."""
     rng = np.random.default_rng(seed)
     total = np.zeros(draws)
     for m, n in counts:

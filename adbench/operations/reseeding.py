@@ -1,6 +1,6 @@
 """The reseeding check: does a method stay within its seed spread when only the seed changes?
 
-Not the CI gate (that is the exact comparison with golden files, ``adbench.golden``): this one asks a
+Not the CI gate (that is the exact comparison with golden files, ``adbench.operations.golden``): this one asks a
 statistical question.  ``measure`` runs the CI configuration with several seeds under each CPU kernel
 setting (``determinism.cpu_isa``: ``avx2``, the pinned default, and optionally ``native``) and records,
 for every cell (category, method) and metric,
@@ -19,7 +19,7 @@ a lot from seed to seed, so each method also gets an aggregate row (category ``a
 ``mean_auroc``: the mean of its image and pixel AUROC over the categories), whose spread is smaller.
 
     make reseeding                                   # measure: results/reference/reseeding_ci.csv
-    python -m adbench.reseeding check --results <run>/results --seed 3
+    python -m adbench.operations.reseeding check --results <run>/results --seed 3
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from adbench.runs import load_config, run_folder
+from adbench import ROOT
+from adbench.methods.runs import load_config, run_folder
 
-ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("image_auroc", "pixel_auroc")
 AGGREGATE = ("all", "mean_auroc")  # (category, metric) of a method's aggregate row
 ISAS = ("avx2", "native")
@@ -66,7 +66,7 @@ def run_ci_config(work: Path, config: Path, seeds: list[int], cpu_isa: str, meth
 def _seeds(config: dict, method: str, seeds: list[int]) -> list[int]:
     """The seeds of ``method`` among ``seeds``: the first only for a ``deterministic`` method (the workflow
     fits it once; its seed spread is 0 by construction)."""
-    from adbench.registry import method_class
+    from adbench.methods.registry import method_class
 
     return seeds[:1] if method_class(config["methods"][method]["impl"]).deterministic else list(seeds)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adbench.backbone import STRIDES, Backbone
-from adbench.datasets import list_samples, load_sample
+from adbench.features.backbone import STRIDES, Backbone
+from adbench.data.datasets import list_samples, load_sample
 from adbench.protocol import Split, resolve_device
 
 CACHE_VERSION = 1
@@ -27,15 +27,15 @@ def extract_split(
     device: str | torch.device | None = None, preprocess: str = "squash",
 ) -> Split:
     """Decode, resize and run ``backbone`` over every image of one split (``train``, ``test``, or the
-    embedded set's ``validation``: ``adbench.datasets.list_samples``).
+    embedded set's ``validation``: ``adbench.data.datasets.list_samples``).
 
     ``device`` (the config's ``device`` setting): where the backbone runs (it is moved there first);
     ``None`` leaves it where it is.  The features come back to the CPU batch by batch: the cache, and the
     ``Split``, always hold CPU tensors.
 
     ``name`` and ``url`` (the dataset's config entry) word the fix in ``DatasetError`` messages; a mask
-    whose size differs from its image's stops extraction (``adbench.datasets.load_sample``).
-    ``preprocess``: how images reach ``image_size`` (``adbench.datasets.PREPROCESSING``).
+    whose size differs from its image's stops extraction (``adbench.data.datasets.load_sample``).
+    ``preprocess``: how images reach ``image_size`` (``adbench.data.datasets.PREPROCESSING``).
     """
     if device is not None:
         backbone.to(resolve_device(device))

@@ -5,22 +5,22 @@ model and ``run.json`` (params, config hash, git commit, fit time, per-epoch tra
 ``evaluate_run`` scores the cached test split and writes, under
 ``results/<dataset>/<category>/<method>/seed<k>/``:
 
-* ``metrics.json``: every metric of ``adbench.metrics.evaluate`` (pooled over the test split: the
-  MVTec-comparable numbers), per defect type and kind ``adbench.metrics.per_defect`` (``defect_types``,
+* ``metrics.json``: every metric of ``adbench.evaluation.metrics.evaluate`` (pooled over the test split: the
+  MVTec-comparable numbers), per defect type and kind ``adbench.evaluation.metrics.per_defect`` (``defect_types``,
   ``defect_kinds``), the evaluation resolution, the
   config hash and the git commit (the MLflow run is tagged with the same config hash and folder);
 * ``scores.csv``: one row per test image (``id, label, defect_type, score``) for significance tests;
-* ``maps.npz``: the pixel anomaly maps (N x H x W, float16 relative to their maximum: ``adbench.runs.write_maps``) for plots; ``map_*.png``: a few of them.
+* ``maps.npz``: the pixel anomaly maps (N x H x W, float16 relative to their maximum: ``adbench.methods.runs.write_maps``) for plots; ``map_*.png``: a few of them.
 
 ``metrics.json`` also records the SHA-256 of ``scores.csv`` and ``maps.npz`` (``scores_sha256``,
-``maps_sha256``), which every reader checks (``adbench.integrity.read_metrics``).
+``maps_sha256``), which every reader checks (``adbench.evaluation.integrity.read_metrics``).
 
 Degenerate outputs are errors, not numbers: a method whose image scores or pixel maps are constant over
 the test split (``adbench.protocol.constant_output``), or whose ``fit`` finds its embedding collapsed,
 stops the job with a ``CollapseError`` naming the method's config name, the category, the files and the
 method's own ``collapse_hint``; nothing is written for it.
 
-``adbench.tracking.log_runs`` then logs the folder to MLflow.
+``adbench.evaluation.tracking.log_runs`` then logs the folder to MLflow.
 """
 from __future__ import annotations
 
@@ -32,17 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from adbench.backbone import BACKBONES, Backbone
-from adbench.determinism import kernel_provenance
-from adbench.features import cache_meta, load_split
-from adbench.integrity import file_digests, write_scores
-from adbench.datasets import defect_kinds
-from adbench.metrics import evaluate as compute_metrics
-from adbench.metrics import per_defect
+from adbench.features.backbone import BACKBONES, Backbone
+from adbench.methods.determinism import kernel_provenance
+from adbench.features.cache import cache_meta, load_split
+from adbench.evaluation.integrity import file_digests, write_scores
+from adbench.data.datasets import defect_kinds
+from adbench.evaluation.metrics import evaluate as compute_metrics
+from adbench.evaluation.metrics import per_defect
 from adbench.protocol import AnomalyMethod, CollapseError, Prediction, constant_output, device_name, resolve_device
-from adbench.registry import method_class
-from adbench.runs import config_hash, write_atomic, write_maps
-from adbench.tracking import RecordingTracker, git_commit
+from adbench.methods.registry import method_class
+from adbench.methods.runs import config_hash, write_atomic, write_maps
+from adbench.evaluation.tracking import RecordingTracker, git_commit
 
 
 def build_method(cfg: dict[str, Any], weights_dir: str | Path) -> AnomalyMethod:
@@ -60,7 +60,7 @@ def fit_run(cfg: dict[str, Any], category: str, train_path: Path, model_path: Pa
             device: str = "cpu") -> None:
     """Fit the method of run config ``cfg`` on the cached training split; write the model and ``run.json``
     (the run's identity, the kernels and the device it ran on, fit time and per-epoch training losses,
-    which ``adbench.tracking`` later logs to MLflow).
+    which ``adbench.evaluation.tracking`` later logs to MLflow).
 
     ``device``: the config's ``device`` setting (auto, cpu, cuda, cuda:N; ``resolve_device``).  It is
     recorded (``device``, ``device_name``) but is not part of ``cfg`` or its hash: a GPU run is another
@@ -175,7 +175,7 @@ def evaluate_run(test_path: Path, model_path: Path, run_path: Path, out_dir: Pat
     }
     write_scores(out_dir / "scores.csv", test.ids, test.labels.tolist(), test.defect_types, prediction.scores)
     write_maps(out_dir / "maps.npz", prediction.maps, test.ids)
-    record.update(file_digests(out_dir))  # what every reader checks (adbench.integrity)
+    record.update(file_digests(out_dir))  # what every reader checks (adbench.evaluation.integrity)
     _map_images(prediction, test, out_dir)
     write_atomic(out_dir / "metrics.json", json.dumps(record, indent=1, sort_keys=True))  # last: its presence
     # means the run folder is complete

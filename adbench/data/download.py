@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from adbench.datasets import DatasetError, list_categories, list_samples
+from adbench.data.datasets import DatasetError, list_categories, list_samples
 
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60.0  # seconds of socket inactivity before giving up
@@ -205,7 +205,7 @@ def prepare_dataset(kind: str, root: Path, url: str, sha256: str | None, archive
     """Download and unpack a dataset so that ``root/<category>/...`` holds it; return ``root``.
 
     The archive is kept in ``archive_dir``.  Each requested category (default: all found) is checked with
-    :func:`adbench.datasets.list_samples` on both splits before ``root`` appears; ``root/.complete`` records
+    :func:`adbench.data.datasets.list_samples` on both splits before ``root`` appears; ``root/.complete`` records
     ``kind``, ``url``, ``sha256`` (the archive's) and per-category counts.  A ``root`` already completed from
     the same URL and holding the categories is returned as is.  ``name`` is the dataset's key in the
     config, for the messages.

@@ -21,8 +21,8 @@ workflow runs), never from a count: a cell the config asks for but the golden fi
 is a difference too.  Timings (``fit_seconds``, ``predict_seconds``) and provenance strings are not
 compared.
 
-    python -m adbench.golden check --results build/ci/results --reference results/reference/ci --config config/ci.yaml
-    python -m adbench.golden write --results build/ci/results --reference results/reference/ci --config config/ci.yaml
+    python -m adbench.operations.golden check --results build/ci/results --reference results/reference/ci --config config/ci.yaml
+    python -m adbench.operations.golden write --results build/ci/results --reference results/reference/ci --config config/ci.yaml
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from adbench.runs import config_hash, load_config, method_seeds, run_config, run_folder
+from adbench import ROOT
+from adbench.methods.runs import config_hash, load_config, method_seeds, run_config, run_folder
 
-ROOT = Path(__file__).resolve().parent.parent
 DIGITS = 6  # decimals of cells.csv: far above what the tables print, far below float noise
 NOT_COMPARED = {"fit_seconds", "predict_seconds", "seed"}  # timings vary; the seed is part of the cell's key
 CELL_KEYS = ("dataset", "category", "method", "seed")
@@ -54,7 +54,7 @@ def expected_cells(config: dict[str, Any]) -> list[tuple[str, str, str, int]]:
 def cell_hashes(config: dict[str, Any]) -> dict[str, str]:
     """``{"<dataset>/<category>/<method>/seed<k>": config hash}`` of every expected cell (the hash each
     cell's ``metrics.json`` records; method params resolved against their defaults, as the workflow does)."""
-    from adbench.registry import cell_params
+    from adbench.methods.registry import cell_params
 
     params = {(m, c): cell_params(m, config["methods"][m], c)
               for ds, c, m, _ in expected_cells(config)}
@@ -263,7 +263,7 @@ def summary(results: Path, config: dict[str, Any], overlay_names: list[str], roo
     if reference is None:
         lines.append("No committed reference for this config (config/config.yaml + "
                      + (", ".join(overlay_names) or "nothing") + "): nothing to compare with.  "
-                     "`python -m adbench.golden write` makes one.")
+                     "`python -m adbench.operations.golden write` makes one.")
     else:
         result = compare(results, reference, config)
         lines.append(f"Against {_relative(reference, root)}: {result.report()}")

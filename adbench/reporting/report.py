@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from adbench.tables import best_two
+from adbench.reporting.tables import best_two
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -240,12 +240,12 @@ def _figure(item: Figure, number: int) -> str:
 
 
 def _caption_of(markdown: Path) -> str:
-    """A table's caption: the first paragraph of its Markdown file (``adbench.tables.to_markdown``)."""
+    """A table's caption: the first paragraph of its Markdown file (``adbench.reporting.tables.to_markdown``)."""
     return _require(Path(markdown), "table").read_text().split("\n\n", 1)[0].strip()
 
 
 def table_highlight(csv_path: Path, per: str) -> Highlight:
-    """The reproduced columns (those with a ``<col>:std`` beside them, ``adbench.tables.to_csv``) compete,
+    """The reproduced columns (those with a ``<col>:std`` beside them, ``adbench.reporting.tables.to_csv``) compete,
     in every row but the paper's published-mean rows, ``per`` row or column."""
     header, body = _read_csv(csv_path)
     ours = tuple(c for c in header[1:] if f"{c}:std" in header)
@@ -256,7 +256,7 @@ def table_highlight(csv_path: Path, per: str) -> Highlight:
 def benchmark_report(tables: dict[str, tuple[Path, Path, str]], significance_md: Path | None,
                      figures: list[Path], out: Path, provenance: dict) -> None:
     """The workflow's report: ``tables`` maps a table's name to ``(csv, md, per)`` (``per``: the axis of its
-    bold / underline, ``adbench.tables.Table.emphasis``), then the significance summary (``None``: the
+    bold / underline, ``adbench.reporting.tables.Table.emphasis``), then the significance summary (``None``: the
     config has no tests), then ``figures`` (PNGs, captioned by file name)."""
     items = [Table(name, Path(csv_path), _caption_of(Path(md)), table_highlight(Path(csv_path), per))
              for name, (csv_path, md, per) in tables.items()]

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from adbench.integrity import read_metrics
+from adbench import ROOT
+from adbench.evaluation.integrity import read_metrics
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+PAPER_DIR = ROOT / "results" / "paper"
 # Every category of the datasets the paper reports on (dataset kind -> folder names).
 PAPER_CATEGORIES: dict[str, list[str]] = {
     "mvtec_ad": ["carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut",
@@ -67,10 +68,10 @@ def load_metrics(paths: list[str | Path], expected: dict[str, str] | None = None
     """One row per run: every field of its metrics.json.  The one loader of every table, figure and
     significance job.
 
-    Each run folder is checked first (``adbench.integrity.read_metrics``): the SHA-256 of its scores.csv
+    Each run folder is checked first (``adbench.evaluation.integrity.read_metrics``): the SHA-256 of its scores.csv
     and maps.npz must be those metrics.json records, and its image AUROC that of scores.csv's scores
-    (within 1e-12), else :class:`adbench.integrity.TamperedRunError` names the files.  ``expected`` maps
-    metrics.json paths to the config hash the current config gives them (``adbench.runs.config_hash``); a
+    (within 1e-12), else :class:`adbench.evaluation.integrity.TamperedRunError` names the files.  ``expected`` maps
+    metrics.json paths to the config hash the current config gives them (``adbench.methods.runs.config_hash``); a
     file whose recorded hash differs raises :class:`StaleRunError`.
     """
     rows = read_metrics(paths)
@@ -242,7 +243,7 @@ def _exploded(runs: pd.DataFrame, field: str, metric: str) -> pd.DataFrame:
 
 def per_defect_table(runs: pd.DataFrame, methods: list[str], metric: str, name: str, dataset: str) -> Table:
     """Rows ``<category> / <defect type> (<kind>)`` x methods of ``metric`` (image or pixel AUROC of that
-    type against the normal images, ``adbench.metrics.per_defect``), then per defect kind the mean over
+    type against the normal images, ``adbench.evaluation.metrics.per_defect``), then per defect kind the mean over
     categories, then the pooled number (every defect at once: the MVTec-comparable one).  Mean ± std over
     seeds."""
     runs = runs[runs["method"].isin(methods)]
@@ -372,7 +373,7 @@ def table3(runs: pd.DataFrame, methods: list[str], datasets: list[str]) -> Table
 def ablation_label(method_entry: dict) -> str:
     """Table 4 row of a method entry: the ablation its params make of it (its class's ``ablation``), ``full``
     without one."""
-    from adbench.registry import method_class
+    from adbench.methods.registry import method_class
 
     return method_class(method_entry["impl"]).ablation(method_entry.get("params") or {}) or "full"
 

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from adbench.metrics import check_binary, check_scores
-from adbench.runs import read_maps, run_folder
+from adbench.evaluation.metrics import check_binary, check_scores
+from adbench.methods.runs import read_maps, run_folder
 
 __all__ = ["DeLongResult", "delong_placements", "delong", "holm", "paired_bootstrap_image",
            "paired_bootstrap_pixel", "wilcoxon_per_baseline", "FriedmanNemenyi", "friedman_nemenyi",
@@ -304,7 +304,7 @@ def compare_runs(results_root: str | Path, dataset: str, categories: list[str], 
                  n_boot: int = 2000, pixel_bins: int = PIXEL_BINS, seed: int = 0) -> pd.DataFrame:
     """Per-category paired comparison of ``reference`` with every other method of ``methods``.
 
-    Reads each run's ``scores.csv`` and ``maps.npz`` (``adbench.runs.run_folder``) and the test masks from
+    Reads each run's ``scores.csv`` and ``maps.npz`` (``adbench.methods.runs.run_folder``) and the test masks from
     ``<results_root>/features/<dataset>/<category>/<feature_tag>/test.pt``.  Seed pairing: a method with a
     single seed (PatchCore: no training randomness) is paired with every seed of the other; otherwise
     seed k with seed k, over the seeds both have.  One row per (category, baseline, seed pairing):
@@ -375,7 +375,7 @@ def _seed_pairs(ref_seeds: list[int], base_seeds: list[int], baseline: str, refe
 
 def _load_masks(cache: Path) -> tuple[np.ndarray, list[str]]:
     """(N, H, W) bool test masks and the N ids of the feature cache ``cache``."""
-    from adbench.features import load_split
+    from adbench.features.cache import load_split
 
     split = load_split(cache)
     return split.masks.numpy().astype(bool), list(split.ids)
@@ -397,7 +397,7 @@ def _check_pair(ref, base, ids: list[str], shape: tuple[int, ...], cache: Path) 
 
 def _load_run(folder: Path):
     """``(scores.csv frame, (N, H, W) float32 maps, scores.csv path)`` of one run folder; the ids stored
-    with the maps must be those of scores.csv, in order.  Files written before ``adbench.runs.write_maps``
+    with the maps must be those of scores.csv, in order.  Files written before ``adbench.methods.runs.write_maps``
     scaled the maps may hold ±inf where values passed float16's range; they become ±70000 (past every
     finite float16), which keeps their order, all an AUROC uses."""
     scores_file, maps_file = folder / "scores.csv", folder / "maps.npz"

@@ -6,7 +6,7 @@ suite never looks at folder names.  Layouts (``<cat>`` is a category folder dire
 * ``mvtec_ad`` / ``embedded``: ``<cat>/train/good/*.png``, ``<cat>/test/<good|defect>/*.png``,
   masks ``<cat>/ground_truth/<defect>/<stem>_mask.png``.  The embedded set also has a ``validation``
   split (``<cat>/validation/<good|defect>/*.png``, masks ``<cat>/validation_ground_truth/<defect>/``,
-  ``adbench.embedded.MASK_FOLDERS``) for choosing budgets without the test split; only
+  ``adbench.data.embedded.MASK_FOLDERS``) for choosing budgets without the test split; only
   ``list_samples(..., split="validation")`` reads it, and the workflow never asks for it.
 * ``btad``: ``<cat>/train/ok/*``, ``<cat>/test/{ok,ko}/*`` (.bmp or .png), masks
   ``<cat>/ground_truth/ko/<stem>.png`` (``.bmp`` for product 03).  ``ok`` becomes defect type ``"good"``.
@@ -157,7 +157,7 @@ def list_samples(kind: str, root: Path, category: str, split: str, *, name: str 
 
     truth = "ground_truth"  # MVTec AD's mask folder (test split)
     if split == VALIDATION:
-        from adbench.embedded import MASK_FOLDERS
+        from adbench.data.embedded import MASK_FOLDERS
 
         truth = MASK_FOLDERS[VALIDATION]
     samples = []
@@ -364,10 +364,10 @@ def small_data_warnings(where: str, n_train: int, sizes: list[tuple[int, int]], 
 
 def defect_kinds(dataset_kind: str) -> dict[str, str]:
     """Defect type -> kind (``local``, ``hard_global``, ``logical``) for datasets that define kinds: the
-    embedded one (``adbench.embedded.DEFECT_KIND``).  MVTec AD, BTAD and MVTec3D-RGB do not label their
+    embedded one (``adbench.data.embedded.DEFECT_KIND``).  MVTec AD, BTAD and MVTec3D-RGB do not label their
     defect folders by kind: empty."""
     if dataset_kind == "embedded":
-        from adbench.embedded import DEFECT_KIND
+        from adbench.data.embedded import DEFECT_KIND
 
         return dict(DEFECT_KIND)
     return {}

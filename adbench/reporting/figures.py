@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from adbench.runs import read_maps
+from adbench.methods.runs import read_maps
 
 AUROC_RANGE = (0.5, 1.0)
 MONITOR_AXIS_LABEL = "test AUROC (monitoring, not used for selection)"
@@ -202,7 +202,7 @@ def load_roc_curves(score_csvs: dict[str, str | Path]) -> dict[str, tuple[np.nda
     for method, path in score_csvs.items():
         frame = pd.read_csv(path)
         if not {"label", "score"} <= set(frame.columns):
-            raise ValueError(f"{path}: needs columns label and score (written by adbench.evaluate)")
+            raise ValueError(f"{path}: needs columns label and score (written by adbench.evaluation.evaluate)")
         out[method] = (frame["label"].to_numpy(), frame["score"].to_numpy(dtype=float))
     return out
 
@@ -463,5 +463,5 @@ def load_history(run_json: str | Path) -> list:
     """The ``history`` of a run's ``run.json``."""
     record = json.loads(Path(run_json).read_text())
     if "history" not in record:
-        raise ValueError(f"{run_json}: no `history` (written by adbench.evaluate); rerun the method")
+        raise ValueError(f"{run_json}: no `history` (written by adbench.evaluation.evaluate); rerun the method")
     return record["history"]

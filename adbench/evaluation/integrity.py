@@ -1,7 +1,7 @@
 """A run folder's result files, and what its ``metrics.json`` vouches for, checked wherever it is read.
 
-``adbench.evaluate.evaluate_run`` writes ``scores.csv`` (``write_scores``) and ``maps.npz``
-(``adbench.runs.write_maps``), then ``metrics.json`` with their SHA-256 digests (``file_digests``:
+``adbench.evaluation.evaluate.evaluate_run`` writes ``scores.csv`` (``write_scores``) and ``maps.npz``
+(``adbench.methods.runs.write_maps``), then ``metrics.json`` with their SHA-256 digests (``file_digests``:
 ``scores_sha256``, ``maps_sha256``).  Every reader that turns a ``metrics.json`` into a table, a figure, a
 significance test, a category summary or an MLflow run loads it through ``read_metrics``, which refuses a
 run folder, naming its ``metrics.json`` and what is wrong, when
@@ -9,7 +9,7 @@ run folder, naming its ``metrics.json`` and what is wrong, when
 * the ``metrics.json`` records no digests (written before they existed, or edited to drop them);
 * ``scores.csv`` or ``maps.npz`` is missing, or its SHA-256 differs from the recorded one (hand-edited,
   replaced, or copied from another run after the fact);
-* its ``image_auroc`` differs from the AUROC recomputed from ``scores.csv`` (``adbench.metrics.roc_auc``,
+* its ``image_auroc`` differs from the AUROC recomputed from ``scores.csv`` (``adbench.evaluation.metrics.roc_auc``,
   the function ``evaluate_run`` used) by more than ``AUROC_TOLERANCE`` = 1e-12.  Both come from the same
   float64 scores (``scores.csv`` stores each as its shortest round-trip decimal, so it reads back bit for
   bit) through the same code, so they agree exactly; the tolerance admits only floating-point summation
@@ -76,7 +76,7 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     missing = {"label", "score"} - set(rows[0] if rows else {})
     if missing:
         raise ValueError(f"{path} has no rows with {sorted(missing)} (not written by "
-                         f"adbench.evaluate.evaluate_run?): rerun the cell")
+                         f"adbench.evaluation.evaluate.evaluate_run?): rerun the cell")
     try:
         labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
         scores = np.array([float(r["score"]) for r in rows], dtype=np.float64)
@@ -106,7 +106,7 @@ class TamperedRunError(ValueError):
 def run_problems(metrics_path: str | Path, record: dict[str, Any]) -> list[str]:
     """What is wrong with the run folder of ``metrics_path`` (``record``: its parsed content); empty when
     its digests, its image AUROC and its scores all check out (module docstring)."""
-    from adbench.metrics import roc_auc  # scipy: only when a table is built
+    from adbench.evaluation.metrics import roc_auc  # scipy: only when a table is built
 
     folder = Path(metrics_path).parent
     problems = []

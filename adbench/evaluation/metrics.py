@@ -179,7 +179,7 @@ def per_defect(labels, defect_types, scores, masks, maps, kinds: dict[str, str] 
     ranks the pixels of its images and of the normal images (positives: the group's mask pixels).  So one
     large defect type cannot stand in for the others, as it does in the pooled pixel AUROC, where every
     anomalous pixel of the split counts once.  ``kinds`` maps a defect type to its kind (``local``,
-    ``hard_global``, ``logical``: ``adbench.embedded.DEFECT_KIND``); without it there are no kind groups.
+    ``hard_global``, ``logical``: ``adbench.data.embedded.DEFECT_KIND``); without it there are no kind groups.
 
     Returns ``{"defect_types": {type: {"kind", "n", "image_auroc", "pixel_auroc"}}, "defect_kinds": {kind:
     {"types", "n", "image_auroc", "pixel_auroc"}}}`` (numbers as floats, ``n`` the group's image count).

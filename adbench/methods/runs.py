@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from adbench import ROOT
 
 
 def run_folder(results: str | Path, dataset: str, category: str, method: str, seed: int) -> str:
@@ -22,7 +22,7 @@ def run_config(config: dict, dataset: str, method: str, seed: int, params: dict[
     """The part of the config that determines a run's numbers (what the config hash covers).
 
     ``params`` are the method's params resolved against its defaults
-    (``adbench.registry.check_method_entry``), so a changed default changes the hash too.  The workflow
+    (``adbench.methods.registry.check_method_entry``), so a changed default changes the hash too.  The workflow
     passes the result to ``fit_evaluate`` through ``params:``, so Snakemake reruns a cell when any of it
     changes, and the table rules compare each ``metrics.json``'s hash with the current one.
 
@@ -52,7 +52,7 @@ def resolve_tables(config: dict) -> dict:
     in ``run.methods``' order, and ``tables.table3`` to every dataset of ``run.datasets`` with table2's
     methods.  An explicit list wins, so an override config that changes ``run.methods`` need not repeat
     the tables."""
-    from adbench.registry import IMPLEMENTATIONS, method_class
+    from adbench.methods.registry import IMPLEMENTATIONS, method_class
 
     tables = config["tables"]
 
@@ -84,7 +84,7 @@ def load_config(*paths: str | Path) -> dict:
 def method_seeds(config: dict, method: str) -> list[int]:
     """A method's seeds: ``run.seeds``, or only the first of them for a method in ``run.one_seed`` and for
     one whose class is ``deterministic`` (another seed would give the same numbers)."""
-    from adbench.registry import method_class
+    from adbench.methods.registry import method_class
 
     seeds = list(config["run"]["seeds"])
     deterministic = method_class(config["methods"][method]["impl"]).deterministic

@@ -44,14 +44,15 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, TypeVar
 
-from adbench.integrity import read_metrics
+from adbench import ROOT
+from adbench.evaluation.integrity import read_metrics
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def git_commit() -> str:
     """The checkout's HEAD commit (with ``-dirty`` when there are uncommitted changes), or ``unknown``."""
-    repo = Path(__file__).resolve().parent.parent  # the code's checkout, whatever the working directory
+    repo = ROOT  # the code's checkout, whatever the working directory
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout
@@ -125,7 +126,7 @@ def _retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             if attempt == LOCKED_RETRIES or not _is_locked(err):
                 raise
             wait = pause * random.uniform(1.0, 1.5)
-            print(f"adbench.tracking: the database was locked ({getattr(call, '__name__', call)}); "
+            print(f"adbench.evaluation.tracking: the database was locked ({getattr(call, '__name__', call)}); "
                   f"retry {attempt + 1}/{LOCKED_RETRIES} in {wait:.1f} s", file=sys.stderr)
             time.sleep(wait)
             pause = min(2 * pause, 8.0)
@@ -185,7 +186,7 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
                 raise
             exp = _retry(client.get_experiment_by_name, name)
     if exp.lifecycle_stage == "deleted":
-        print(f"adbench.tracking: restoring the deleted MLflow experiment {name!r} to log into it",
+        print(f"adbench.evaluation.tracking: restoring the deleted MLflow experiment {name!r} to log into it",
               file=sys.stderr)
         _retry(client.restore_experiment, exp.experiment_id)
     return exp.experiment_id
@@ -320,7 +321,7 @@ def log_runs(run_dirs: list[Path], tracking_uri: str, experiment: str) -> dict[s
     Returns ``{run_key: mlflow_run_id}``: the FINISHED run with these exact metrics, logged now or before,
     now its cell's ``current`` run.
 
-    Every folder is checked before the store is opened (``adbench.integrity.read_metrics``, as the tables
+    Every folder is checked before the store is opened (``adbench.evaluation.integrity.read_metrics``, as the tables
     do): one whose scores.csv or maps.npz differs from the digests its metrics.json records, or whose
     image AUROC is not that of its scores.csv, raises ``TamperedRunError`` naming it, and nothing is logged.
     """

@@ -14,7 +14,7 @@ Disk: the feature cache holds, per image, float32 features of every level plus t
 at the evaluation size; each run keeps float16 maps of its test images.  The image counts of the real
 datasets are below (MVTec AD's are exact; BTAD's and MVTec3D-RGB's as commonly reported, for sizing).
 
-    python -m adbench.estimate --config config/paper.yaml --benchmark cpu=results/benchmarks/devices_cpu.json
+    python -m adbench.operations.estimate --config config/paper.yaml --benchmark cpu=results/benchmarks/devices_cpu.json
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ import json
 import sys
 from pathlib import Path
 
-from adbench.backbone import BACKBONES, STRIDES
-from adbench.runs import load_config
+from adbench import ROOT
+from adbench.features.backbone import BACKBONES, STRIDES
+from adbench.methods.runs import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # (train, test) images per category.
 IMAGE_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
@@ -50,8 +50,8 @@ def cache_bytes_per_image(backbone: str, size: int) -> int:
 
 def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
     """Hours per device and method, job count, and disk (GB) for the profile ``config``."""
-    from adbench.registry import cell_params, method_class
-    from adbench.runs import method_seeds
+    from adbench.methods.registry import cell_params, method_class
+    from adbench.methods.runs import method_seeds
 
     size, backbone = config["backbone"]["image_size"], config["backbone"]["name"]
     jobs, images, test_images, hours = 0, 0, 0, {d: {} for d in benchmarks}

@@ -1,0 +1,1 @@
+"""Stage 1 of the DAG: the datasets (the embedded generator, MVTec-style layouts, downloads)."""

@@ -1,0 +1,2 @@
+"""Stage 4 of the DAG: one cell fitted and scored (evaluate), its metrics, file digests and MLflow record,
+and the learning check."""
