@@ -45,3 +45,21 @@ def test_a_device_without_a_benchmark_is_reported_not_guessed(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "392 fit_evaluate jobs" in printed and "cuda: not measured" in printed
     assert set(json.loads((tmp_path / "e.json").read_text())["hours"]) == {"cpu"}
+
+
+def test_a_measured_gpu_gets_its_own_hours_and_every_device_says_what_it_assumed(tmp_path, capsys):
+    """Issue 19: with a GPU benchmark, make estimate prints its hours beside the CPU's, and for each device the
+    per-image seconds per pass and per test image that the hours multiply."""
+    files = {}
+    for device, seconds in (("cpu", 1.0), ("cuda", 0.05)):
+        files[device] = tmp_path / f"{device}.json"
+        files[device].write_text(json.dumps({**_bench(seconds), "device_name": f"test {device}"}))
+    argv = [x for d, f in files.items() for x in ("--benchmark", f"{d}={f}")] + ["--out", str(tmp_path / "e.json")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert "cuda (test cuda), one job at a time" in printed and "cuda: not measured" not in printed
+    assert result["hours"]["cuda"]["fod"] < result["hours"]["cpu"]["fod"]
+    assert result["assumed"]["cuda"]["fod"]["train_seconds_per_image_pass"] == pytest.approx(0.05 / 10)
+    assert result["assumed"]["cpu"]["cflow"]["predict_seconds_per_image"] == pytest.approx(2.0 / 4)
+    assert "assumed on cuda" in printed and "assumed on cpu" in printed

@@ -100,6 +100,11 @@ def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
                     "total": cache / 1e9 + maps / 1e9 + archives},
         "benchmarks": {d: {"device_name": b.get("device_name"), "settings": b.get("settings")}
                        for d, b in benchmarks.items()},
+        # what the hours assume, per device and impl: seconds per training image per pass, per test image
+        "assumed": {d: {impl: {"train_seconds_per_image_pass": row["seconds_per_epoch"] / b["settings"]["n_train"],
+                               "predict_seconds_per_image": row["predict_seconds"] / b["settings"]["n_test"]}
+                        for impl, row in sorted(b["methods"].items())}
+                    for d, b in benchmarks.items()},
     }
 
 
@@ -122,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"  {m:<28} {v:10.1f} h" for m, v in h.items() if m != "total"]
     for device, missing in result["not_measured"].items():
         lines.append(f"  not measured on {device}: {', '.join(missing)}")
+    for device, rows in result["assumed"].items():
+        settings = result["benchmarks"][device]["settings"]
+        lines.append(f"\nassumed on {device} (bench_devices.py at {settings['size']} px, {settings['n_train']} "
+                     f"training / {settings['n_test']} test images): seconds per training image per pass, per test image")
+        lines += [f"  {impl:<28} {r['train_seconds_per_image_pass']:10.4f} {r['predict_seconds_per_image']:10.4f}"
+                  for impl, r in rows.items()]
     for device in ("cuda",):
         if device not in result["hours"]:
             lines.append(f"\n{device}: not measured; on a GPU machine run `python benchmarks/bench_devices.py "
