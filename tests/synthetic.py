@@ -124,26 +124,6 @@ def make_split(
     return split
 
 
-def assert_round_trip(method, prediction, test, path) -> None:
-    """``save``/``load`` restores everything: identical predictions on ``test`` and the same history."""
-    method.save(path)
-    loaded = type(method).load(path)
-    again = loaded.predict(test)
-    np.testing.assert_array_equal(again.scores, prediction.scores)
-    np.testing.assert_array_equal(again.maps, prediction.maps)
-    assert loaded.history == method.history and loaded.params == method.params
-
-
-def assert_seeded(cls, params, train, test) -> None:
-    """Two fits with one seed predict identically; another seed predicts differently."""
-    a = cls(params, seed=7).fit(train).predict(test)
-    b = cls(params, seed=7).fit(train).predict(test)
-    c = cls(params, seed=8).fit(train).predict(test)
-    np.testing.assert_array_equal(a.maps, b.maps)
-    np.testing.assert_array_equal(a.scores, b.scores)
-    assert not np.array_equal(a.maps, c.maps)
-
-
 def fit_and_predict(method, train, test):
     """Fit with a ``RecordingTracker``, predict ``test``; also report whether ``fit`` moved the global
     torch or numpy random state (a seeded method must not). Returns (method, prediction, tracker, leaked)."""
