@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_runs import table_texts
+from workflow_runs import seed_from_local_run, table_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
@@ -499,19 +499,6 @@ def rule_of(comment: str) -> str:
 ON_CLUSTER = "brick"
 
 
-def seed_from_local_run(ci_run: Path, work: Path) -> None:
-    """Copy into ``work`` what the local run made that the cluster run need not redo: the generated data of
-    every category, and the features and run folders of every category but ``ON_CLUSTER`` (mtimes kept)."""
-    results = ci_run / "results"
-    shutil.copytree(results / "data", work / "results" / "data")
-    for folder in (results / "features").glob("*/*"):
-        if folder.name != ON_CLUSTER:
-            shutil.copytree(folder, work / folder.relative_to(ci_run))
-    for run in results.glob("*/*/*/seed*"):
-        if run.parent.parent.name != ON_CLUSTER and run.parent.parent.parent.name not in ("data", "features"):
-            shutil.copytree(run, work / run.relative_to(ci_run))
-
-
 def test_ci_config_runs_under_slurm_with_the_tables_of_a_local_run(ci_run, slurm_cluster, tmp_path_factory):
     """The CI config through `--executor slurm` and the slurm workflow profile, on a copy of the local run
     holding every category but ``ON_CLUSTER``: every job of the plan (that category's feature extraction and
@@ -520,7 +507,7 @@ def test_ci_config_runs_under_slurm_with_the_tables_of_a_local_run(ci_run, slurm
     local run, and the tables equal the local run's."""
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 120))
     work = tmp_path_factory.mktemp("slurm")
-    seed_from_local_run(ci_run, work)
+    seed_from_local_run(ci_run, work, redo=ON_CLUSTER)
     cmd = snakemake_command(work, "--workflow-profile", str(PROFILE),
                             "--slurm-init-seconds-before-status-checks", "2",  # short jobs: check often
                             "all_tables")

@@ -21,7 +21,7 @@ from adbench.methods.determinism import ISA_VARIABLES
 from adbench.operations.golden import cell_key, expected_cells
 from adbench.operations.reseeding import compare
 from adbench.methods.runs import load_config
-from workflow_runs import ROOT, snakemake, snakemake_command, table_texts
+from workflow_runs import ROOT, seed_from_local_run, snakemake, snakemake_command, table_texts
 
 CI = load_config(ROOT / "config" / "ci.yaml")
 PAPER_ORDER = ["draem", "patchsvdd", "mkd", "patchcore", "cflow", "fod", "fod_paper"]  # the paper's Table 2
@@ -156,14 +156,16 @@ def _training_jobs(work: Path) -> list[tuple[int, Path]]:
 def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_one(ci_run, tmp_path_factory):
     """SIGKILL a running training job (its own process group) and the workflow around it; after --unlock
     the killed job is planned again (nothing it left is taken as complete) and the resumed run's tables
-    equal the uninterrupted run's."""
+    equal the uninterrupted run's.  The local run's coins cells are copied in: brick's are computed, killed
+    and resumed."""
     work = tmp_path_factory.mktemp("killed")
+    seed_from_local_run(ci_run, work, redo="brick")
     proc = subprocess.Popen(snakemake_command(work, "all_tables"), cwd=work, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, killed = time.monotonic() + 600, None
     try:
         while killed is None and proc.poll() is None and time.monotonic() < deadline:
-            if list((work / "results" / "embedded").glob("*/*/seed0/metrics.json")):  # some cells are done
+            if list((work / "results" / "embedded" / "brick").glob("*/seed0/metrics.json")):  # some are done
                 for pid, run in _training_jobs(work):
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(os.getpgid(pid), signal.SIGKILL)
