@@ -1,3 +1,7 @@
+from adbench.worker import delegate
+
+delegate(globals())  # runs this job in the resident worker (adbench/worker.py) when there is one
+
 from adbench.jobs import download_dataset, job_context
 
 params = snakemake.params

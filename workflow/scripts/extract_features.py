@@ -1,3 +1,7 @@
+from adbench.worker import delegate
+
+delegate(globals())  # runs this job in the resident worker (adbench/worker.py) when there is one
+
 from adbench.jobs import extract_features, job_context
 
 w, params = snakemake.wildcards, snakemake.params

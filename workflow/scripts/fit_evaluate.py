@@ -1,3 +1,7 @@
+from adbench.worker import delegate
+
+delegate(globals())  # runs this job in the resident worker (adbench/worker.py) when there is one
+
 from pathlib import Path
 
 from adbench.evaluation.evaluate import evaluate_run, fit_run

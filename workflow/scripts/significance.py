@@ -1,3 +1,7 @@
+from adbench.worker import delegate
+
+delegate(globals())  # runs this job in the resident worker (adbench/worker.py) when there is one
+
 from adbench.jobs import job_context
 from adbench.reporting.significance import write_significance
 from adbench.reporting.tables import load_metrics
