@@ -22,8 +22,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables $(if $(CONFIG),--configfile $(CONFIG))
 
+# Two pytest workers (pytest-xdist): the workflow tests spend much of their time waiting (SLURM's polling,
+# process starts), so two share the 2 cores well.  TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # BENCH_ARGS: more arguments for the benchmark scripts of `bench` and `estimate`; `BENCH_ARGS=--quick` makes
 # each a tiny run that only checks it works (tests/test_readme.py runs `make bench` so, and `make estimate`

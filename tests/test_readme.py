@@ -115,6 +115,8 @@ NOT_COMMANDS: dict[str, str] = {
 TINY: dict[str, tuple[str, str]] = {
     "make run": ("make run CONFIG=config/ci.yaml CORES=2",
                  "the default config takes 11.5 min; this is the CI config, the ci_run fixture's command"),
+    "ADBENCH_WORKER=0 make run": ("ADBENCH_WORKER=0 make run CONFIG=config/ci.yaml CORES=2",
+                                  "the default config without the resident worker takes 15 min; this is the CI config"),
     "make bench": ("make bench BENCH_ARGS=--quick", "about 7 min at full size"),
     "make estimate": ("make estimate 'BENCH_ARGS=--quick --methods patchcore,mkd'",
                       "measures every method at the paper's network sizes and 256 px first (many minutes; even "

@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from adbench.methods.determinism import ISA_VARIABLES
+
 SCRIPT = """\
 from adbench.worker import delegate
 delegate(globals())
@@ -41,7 +43,8 @@ def worker_env(tmp_path):
     """An environment with a private worker folder; every worker started from it is killed afterwards."""
     folder = tmp_path / "workers"
     env = {**os.environ, "ADBENCH_WORKER_DIR": str(folder), "ADBENCH_WORKER_IDLE": "30"}
-    env.pop("ADBENCH_WORKER", None)
+    for name in ("ADBENCH_WORKER", "ADBENCH_WORKER_CHILD", *ISA_VARIABLES):  # a test may have pinned this process
+        env.pop(name, None)
     yield env
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
