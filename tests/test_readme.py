@@ -75,6 +75,7 @@ SLURM_REASON = ("needs a SLURM cluster (sbatch, sacct); its CI-sized form runs f
                 "tests/test_slurm.py::test_ci_config_runs_under_slurm_with_the_tables_of_a_local_run")
 DRY_RUN_ONLY: dict[str, str] = {
     "make test": "runs the whole suite, this test included: it would recurse",
+    "make test TEST_WORKERS=0": "runs the whole suite in one process, this test included: it would recurse",
     "make install": "(re)installs the environment the tests run in (.venv)",
     "make reference": (
         "a fresh pinned run of the CI config in build/reference (about 3 min: the ci_run fixture's run again), "
@@ -85,6 +86,9 @@ DRY_RUN_ONLY: dict[str, str] = {
     "make reseeding METHODS=patchsvdd": (
         "one method's fits with seeds 0-4, a few minutes; tests/test_determinism.py::"
         "test_remeasuring_one_method_replaces_only_its_rows_in_place checks what it targets and writes"),
+    "python benchmarks/bench_worker.py --out results/benchmarks/worker.json": (
+        "two from-scratch runs of the default config, about 25 min; that the worker changes no number is run for "
+        "real by tests/test_workflow.py::test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers"),
     "pip install -e .": ("installs into the environment the tests run in: even with --prefix, pip first "
                          "uninstalls that environment's fod-suite"),
     "conda env create -f environment.yml": "needs conda and its package channels; with conda here: --dry-run",
