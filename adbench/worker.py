@@ -216,9 +216,15 @@ def serve(path: Path) -> None:
         if ready:
             conn, _ = listener.accept()
             pid = os.fork()
-            if pid == 0:
-                listener.close()
-                os._exit(_child(conn))
+            if pid == 0:  # the job's process: it never returns to this loop
+                code = 1
+                try:
+                    listener.close()
+                    code = _child(conn)
+                except BaseException:  # noqa: BLE001 - e.g. the job's folder is gone: the client reports it
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
             conn.close()
             children.add(pid)
         if children or ready:

@@ -123,6 +123,18 @@ def test_another_kernel_pin_gets_another_worker_and_off_means_in_process(tmp_pat
         assert json.loads(out.splitlines()[0][4:])["pid"] == proc.pid, off  # ran in the client itself
 
 
+def test_a_worker_that_cannot_start_leaves_the_job_in_its_own_process(tmp_path, worker_env):
+    folder = tmp_path / ("x" * 120)  # a socket path longer than AF_UNIX allows: no worker can listen there
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**worker_env, "ADBENCH_WORKER_DIR": str(folder)})
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[0][4:])["pid"] == proc.pid
+    assert "none could be started" in err and "running this job in its own process" in err
+
+
 def test_an_idle_worker_exits_and_removes_its_socket(tmp_path, worker_env):
     env = {**worker_env, "ADBENCH_WORKER_IDLE": "1"}
     proc, seen = run_script(tmp_path, env)
