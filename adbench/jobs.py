@@ -2,8 +2,9 @@
 
 Each takes plain arguments (paths, config mappings), so a stage can also be run by hand from Python.
 ``job_context`` sends a job's stdout/stderr (progress bars included) to its Snakemake log, pins torch
-to the job's thread count, so parallel jobs do not oversubscribe the cores, and checks (and logs) that
-the job's kernels run on the instruction set the config pins (``adbench.methods.determinism``).
+to the job's thread count, so parallel jobs do not oversubscribe the cores, flushes subnormal floats to
+zero, and checks (and logs) that the job's kernels run on the instruction set the config pins
+(``adbench.methods.determinism``).
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from typing import Iterator
 
 import torch
 
-from adbench.methods.determinism import kernel_provenance
+from adbench.methods.determinism import flush_denormals, kernel_provenance
 from adbench.methods.runs import write_atomic
 
 
 @contextlib.contextmanager
 def job_context(log: str | Path, threads: int) -> Iterator[None]:
     Path(log).parent.mkdir(parents=True, exist_ok=True)
+    flush_denormals()  # before the thread pool starts (adbench.methods.determinism)
     torch.set_num_threads(max(1, int(threads)))
     with open(log, "w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
         print(f"kernels: {kernel_provenance()}, torch threads: {torch.get_num_threads()}", flush=True)

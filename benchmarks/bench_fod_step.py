@@ -39,6 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adbench.methods.determinism import flush_denormals  # noqa: E402
 from fod.config import resolve  # noqa: E402
 from fod.method import build_levels, training_step  # noqa: E402
 from fod.tokens import feature_tokens, grid_positions  # noqa: E402
@@ -228,6 +229,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES), help="default: all")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    flush_denormals()  # as the workflow's jobs (adbench.jobs.job_context), for both implementations
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:

@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adbench.methods.determinism import pin_cpu_isa  # noqa: E402  (imports no torch)
+from adbench.methods.determinism import flush_denormals, pin_cpu_isa  # noqa: E402  (imports no torch)
 
 pin_cpu_isa("avx2")  # before torch runs a kernel, as the workflow's jobs
 
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights-dir", type=Path, help="backbone weights (default: the config's weights_dir)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    flush_denormals()  # as the workflow's jobs (adbench.jobs.job_context)
     torch.set_num_threads(1)
     params = json.loads(args.params)
     if params.get("monitor_every"):

@@ -405,6 +405,10 @@ def main() -> None:
     b.add_argument("--out", type=Path, default=OUT_DIR / "learning_margins")
     a = p.parse_args()
     if a.cmd == "run":
+        sys.path.insert(0, str(ROOT))
+        from adbench.methods.determinism import flush_denormals
+
+        flush_denormals()  # as tests/conftest.py does for the test session
         run(a.cases, a.seeds, a.out)
     elif a.cmd == "combine":
         print(combine(a.runs, a.out))

@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adbench.methods.determinism import ISA_VARIABLES, isa_environment
+from adbench.methods.determinism import FLUSH_VARIABLE, ISA_VARIABLES, isa_environment
 from adbench.operations.reseeding import reference_table
 
 PROVENANCE = "import json; from adbench.methods.determinism import kernel_provenance; print(json.dumps(kernel_provenance()))"
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES}
+    clean = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES + (FLUSH_VARIABLE,)}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env})
 
 
@@ -44,6 +44,32 @@ def test_a_pin_set_after_torch_ran_is_refused():
     proc = _python(late)
     assert proc.returncode != 0
     assert f"ATEN_CPU_CAPABILITY=avx2 but torch dispatches {host} kernels" in proc.stderr
+
+
+# A job on two threads squares 4M copies of 1e-20: each product, 1e-40, is subnormal (below 1.18e-38), and
+# the 4M elements are split between both threads.
+JOB_SUBNORMALS = """
+import json, sys, torch
+from adbench.jobs import job_context
+from adbench.methods.determinism import kernel_provenance
+with job_context(sys.argv[1], 2):
+    zeros = torch.full((1 << 22,), 1e-20).square().eq(0).float().mean().item()
+    print(json.dumps({"zeros": zeros, "threads": torch.get_num_threads(), **kernel_provenance()}), file=sys.__stdout__)
+"""
+
+
+@pytest.mark.parametrize("switch, zeros, recorded", [(None, 1.0, "on"), ("0", 0.0, "off")])
+def test_a_job_flushes_subnormals_to_zero_in_every_thread_unless_turned_off(tmp_path, switch, zeros, recorded):
+    """Subnormals count as zero in a job, in both of its threads, and its kernel provenance says so;
+    ADBENCH_FLUSH_DENORMAL=0 keeps them (the control: the same squares are then not zero)."""
+    env = {FLUSH_VARIABLE: switch} if switch else {}
+    proc = subprocess.run([sys.executable, "-c", JOB_SUBNORMALS, str(tmp_path / "job.log")], capture_output=True,
+                          text=True, env={**{k: v for k, v in os.environ.items() if k != FLUSH_VARIABLE}, **env})
+    assert proc.returncode == 0, proc.stderr + (tmp_path / "job.log").read_text()
+    record = json.loads(proc.stdout)
+    assert record["threads"] == 2
+    assert (record["zeros"], record["flush_denormal"]) == (zeros, recorded)
+    assert f"'flush_denormal': '{recorded}'" in (tmp_path / "job.log").read_text()
 
 
 def _per_seed(values: dict[str, list[float]]) -> pd.DataFrame:

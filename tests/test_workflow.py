@@ -131,6 +131,8 @@ def test_tables_are_identical_on_an_avx2_host(ci_run, tmp_path_factory):
     pinned = json.loads((ci_run / "results/embedded/brick/draem/seed0/metrics.json").read_text())
     simulated = json.loads((work / "results/embedded/brick/draem/seed0/metrics.json").read_text())
     assert (pinned["cpu_isa"], pinned["cpu_capability"]) == ("avx2", "AVX2")
+    run = json.loads((ci_run / "results/embedded/brick/fod/seed0/run.json").read_text())
+    assert run["flush_denormal"] == "on"  # adbench.methods.determinism.flush_denormals
     assert (simulated["cpu_isa"], simulated["cpu_capability"]) == ("native", "AVX2")
     print(f"compared: the pinned run on this {host} host vs an unpinned run capped to AVX2 from outside"
           + ("" if host != "AVX2" else " (this host has AVX2 only: both ran its own kernels, so this shows only "

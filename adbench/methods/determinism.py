@@ -14,6 +14,17 @@ The workflow sets them in ``workflow/rules/common.smk`` from the config's ``dete
 any job starts, so every job (a fresh Python process) inherits them; each rule also runs with a fixed
 torch thread count (``adbench.jobs.job_context``).  Feature extraction gives bit-identical features with
 1 or 2 threads; training jobs always run on one thread.
+
+Every job also treats subnormal floats (magnitude below 1.18e-38 in float32) as zero: x86's flush-to-zero
+and denormals-are-zero modes (``flush_denormals``).  Why: x86 arithmetic on a subnormal operand is 10 to
+100 times slower, and trained attention is peaked: after a few epochs of ``make run``'s FOD budget about
+10% of the entries of its softmax maps are subnormal, which made FOD's training step twice as slow
+(73 ms -> 39 ms per step, one thread, AVX2; issue 19).  The numbers did not move: with and without it, the
+CI config (674 numbers) and the default config (2,638 numbers) reproduced their golden files exactly,
+as expected when a subnormal only ever meets sums of order 1e-7 or more, below whose rounding it falls.
+The mode is part of the pinned environment: deterministic on every x86-64 CPU, recorded in each run's
+kernel provenance (``flush_denormal``).  ``ADBENCH_FLUSH_DENORMAL=0`` turns it off (to measure its
+effect: ``benchmarks/bench_worker.py``).
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ ISA_ENVIRONMENTS: dict[str, dict[str, str]] = {
     "native": {},
 }
 ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+FLUSH_VARIABLE = "ADBENCH_FLUSH_DENORMAL"
 
 
 def isa_environment(cpu_isa: str) -> dict[str, str]:
@@ -44,8 +56,30 @@ def pin_cpu_isa(cpu_isa: str) -> None:
     os.environ.update(isa_environment(cpu_isa))
 
 
+def flush_denormals() -> None:
+    """Treat subnormal floats as zero in this thread and the threads it starts later (torch's intra-op
+    pool), unless ``ADBENCH_FLUSH_DENORMAL=0``.
+
+    Call it first in a process, before torch starts its thread pool: the mode is a per-thread CPU
+    register that new threads copy from the thread that creates them, so a pool started earlier would
+    keep computing with subnormals.  On a CPU without the mode (not x86) it does nothing, and
+    ``kernel_provenance`` says ``flush_denormal: off``.
+    """
+    import torch
+
+    torch.set_flush_denormal(os.environ.get(FLUSH_VARIABLE, "1") != "0")
+
+
+def flushes_denormals() -> bool:
+    """Whether arithmetic in this thread treats subnormals as zero: a subnormal times one comes out zero."""
+    import torch
+
+    return bool(torch.tensor([1e-39]).mul(1.0).eq(0).item())
+
+
 def kernel_provenance() -> dict[str, str]:
-    """What this process's kernels run on: ATen's capability in use, the host's best, and the pins.
+    """What this process's kernels run on: ATen's capability in use, the host's best, the pins, and
+    whether subnormals are flushed (``flush_denormals``).
 
     Raises:
         RuntimeError: ``ATEN_CPU_CAPABILITY`` asks for one capability but torch dispatches another (set
@@ -60,4 +94,5 @@ def kernel_provenance() -> dict[str, str]:
             f"ATEN_CPU_CAPABILITY={wanted} but torch dispatches {used} kernels: either the variable was set after "
             f"torch ran its first kernel, or this CPU lacks {wanted} (not x86-64 with AVX2); set "
             f"determinism.cpu_isa: native in the config to run without the cross-machine guarantee")
-    return {"cpu_capability": used, **{k.lower(): os.environ.get(k, "") for k in ISA_VARIABLES}}
+    return {"cpu_capability": used, **{k.lower(): os.environ.get(k, "") for k in ISA_VARIABLES},
+            "flush_denormal": "on" if flushes_denormals() else "off"}
