@@ -35,7 +35,6 @@ __all__ = ["DeLongResult", "delong_placements", "delong", "holm", "paired_bootst
            "critical_difference", "compare_runs", "seed_means", "summarise", "write_significance"]
 
 PIXEL_BINS = 2048
-_CHUNK_CELLS = 1 << 22  # bootstrap resamples x histogram bins held in memory at once
 
 
 # ----------------------------------------------------------------------------------------------- DeLong
@@ -211,6 +210,29 @@ def _hist_auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return (pos * (below + 0.5 * neg)).sum(-1) / (pos.sum(-1) * neg.sum(-1))
 
 
+def _pair_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """(n_units, n_units) matrix M of correctly ranked pairs: M[u, v] counts the pairs (a positive sample of
+    unit u, a negative sample of unit v) in which the positive scores higher, ties counting half.
+
+    pos, neg: (n_units, K) counts over ascending score bins.  A resample drawing unit u w[u] times has the
+    AUROC ``w @ M @ w / ((w @ pos.sum(1)) * (w @ neg.sum(1)))``: the numerator is bilinear in the draw
+    counts, because the number of negatives below a bin is.
+    """
+    below = np.cumsum(neg, axis=-1) - neg
+    return pos @ (below + 0.5 * neg).T
+
+
+def _resampled_auc(hist: tuple[np.ndarray, np.ndarray], counts: np.ndarray) -> np.ndarray:
+    """AUROC of each resample: hist ``(pos, neg)`` (n_units, K) counts, counts (R, n_units) draw counts -> (R,).
+
+    Every quantity is a count or half a count, so while the positive times the negative samples stay below
+    2**53 every sum is exact in float64, and this equals ``_hist_auc`` of the resampled histograms bit for
+    bit, at the cost of an (n_units, n_units) matrix instead of an (R, K) one per resample block.
+    """
+    pos, neg = hist
+    return ((counts @ _pair_counts(pos, neg)) * counts).sum(-1) / ((counts @ pos.sum(1)) * (counts @ neg.sum(1)))
+
+
 def _bootstrap_diff(hist_a, hist_b, strata: np.ndarray, n_boot: int, seed: int,
                     level: float) -> tuple[float, float, float]:
     """Point difference and percentile CI of AUROC(a) - AUROC(b) over stratified unit resamples.
@@ -228,10 +250,7 @@ def _bootstrap_diff(hist_a, hist_b, strata: np.ndarray, n_boot: int, seed: int,
         if members.size:
             counts[:, members] = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), n_boot)
     point = _hist_auc(hist_a[0].sum(0), hist_a[1].sum(0)) - _hist_auc(hist_b[0].sum(0), hist_b[1].sum(0))
-    step = max(1, _CHUNK_CELLS // max(hist_a[0].shape[1], hist_b[0].shape[1]))
-    diffs = np.concatenate([
-        _hist_auc(w @ hist_a[0], w @ hist_a[1]) - _hist_auc(w @ hist_b[0], w @ hist_b[1])
-        for w in (counts[i:i + step] for i in range(0, n_boot, step))])
+    diffs = _resampled_auc(hist_a, counts) - _resampled_auc(hist_b, counts)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return float(point), float(lo), float(hi)
 
