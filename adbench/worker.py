@@ -28,7 +28,7 @@ compares a run without the worker with a local run through it).
   ``ADBENCH_WORKER=0`` for benchmark files that measure the jobs themselves.
 
 This module imports only the standard library (the client must start fast); the worker imports
-``PRELOAD`` once.
+``preload_modules()`` once.
 """
 from __future__ import annotations
 
@@ -53,9 +53,12 @@ import time
 import traceback
 from pathlib import Path
 
-#: What the worker imports before it serves (what most jobs import; a job imports the rest itself).
-PRELOAD = ("torch", "torch._dynamo", "numpy", "scipy.ndimage", "PIL.Image", "tqdm", "snakemake.script",
-           "adbench.jobs", "adbench.evaluation.evaluate", "adbench.methods.registry")
+#: What the worker imports before it serves, besides every registered method's module (``preload_modules``):
+#: what most jobs import.  A job imports the rest itself: pandas (which starts pyarrow's jemalloc thread,
+#: so a fork would copy the allocator's state without it) and mlflow (which imports pandas).
+#: scipy.stats (which the methods' module imports) alone took 0.7-1.1 s of every training job.
+PRELOAD = ("torch", "torch._dynamo", "numpy", "scipy.ndimage", "scipy.stats", "PIL.Image", "matplotlib.figure",
+           "tqdm", "snakemake.script", "adbench.jobs", "adbench.evaluation.evaluate", "adbench.methods.registry")
 IDLE_SECONDS = 120  # a worker with no job for this long exits (ADBENCH_WORKER_IDLE overrides it)
 START_SECONDS = 180  # how long a client waits for a new worker to listen
 # Environment variables read when a library is imported (or that change which files are imported): a
@@ -196,9 +199,18 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
 
 # --- the worker ---------------------------------------------------------------------------------------------
 
+def preload_modules() -> tuple[str, ...]:
+    """``PRELOAD`` and the module of every implementation in the method registry, in that order."""
+    from adbench.methods.registry import IMPLEMENTATIONS
+
+    return PRELOAD + tuple(dict.fromkeys(target.partition(":")[0] for target in IMPLEMENTATIONS.values()))
+
+
 def serve(path: Path) -> None:
-    """Import ``PRELOAD``, listen on ``path`` and fork a child per connection until idle for ``IDLE_SECONDS``."""
-    for module in PRELOAD:
+    """Import ``preload_modules()``, listen on ``path`` and fork a child per connection until idle for
+    ``IDLE_SECONDS``."""
+    modules = preload_modules()
+    for module in modules:
         importlib.import_module(module)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -206,7 +218,7 @@ def serve(path: Path) -> None:
     listener.listen(16)
     os.replace(tmp, path)  # clients see the socket only once it listens
     inode = path.stat().st_ino
-    print(f"worker {os.getpid()} listening on {path} (preloaded {', '.join(PRELOAD)})", flush=True)
+    print(f"worker {os.getpid()} listening on {path} (preloaded {', '.join(modules)})", flush=True)
     idle = float(os.environ.get("ADBENCH_WORKER_IDLE", IDLE_SECONDS))
     children: set[int] = set()
     idle_since = time.monotonic()

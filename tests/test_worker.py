@@ -16,15 +16,17 @@ import psutil
 import pytest
 
 from adbench.methods.determinism import ISA_VARIABLES
+from adbench.methods.registry import IMPLEMENTATIONS
 
 SCRIPT = """\
 from adbench.worker import delegate
 delegate(globals())
 import json, os, sys
+loaded = sorted(sys.modules)  # before this job imports anything more
 import torch
 print("out:" + json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "argv": sys.argv[1:],
                            "x": os.environ.get("X"), "threads": torch.get_num_threads(),
-                           "draw": torch.rand(1).item()}), flush=True)
+                           "draw": torch.rand(1).item(), "loaded": loaded}), flush=True)
 print("err: to stderr", file=sys.stderr)
 action = os.environ.get("ACTION", "")
 if action == "fail":
@@ -80,6 +82,9 @@ def test_a_job_runs_in_a_fork_of_the_worker_as_it_would_in_its_own_process(tmp_p
     second, again = run_script(tmp_path, worker_env, X="two")
     assert second.returncode == 0 and again["x"] == "two" and again["ppid"] == seen["ppid"]
     assert again["pid"] != seen["pid"] and again["draw"] != seen["draw"]  # each job its own random state
+    # What the jobs would import is already there: scipy.stats (0.7 s) and every registered method's module.
+    methods = {target.partition(":")[0] for target in IMPLEMENTATIONS.values()}
+    assert {"torch", "scipy.stats", "matplotlib.figure"} | methods <= set(seen["loaded"])
 
 
 def test_exit_codes_and_tracebacks_reach_the_client(tmp_path, worker_env):
