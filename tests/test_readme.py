@@ -81,14 +81,16 @@ DRY_RUN_ONLY: dict[str, str] = {
         "a fresh pinned run of the CI config in build/reference (about 3 min: the ci_run fixture's run again), "
         "then `python -m adbench.operations.golden write`; tests/test_golden.py::"
         "test_the_ci_run_reproduces_its_golden_files_exactly compares ci_run with the files it writes"),
-    "make reference-default": "a fresh run of the default config (as long as make run, 11.5 min)",
+    "make reference-default": "a fresh run of the default config (as long as make run, about 9 min)",
     "make reseeding": "five runs of the CI config (seeds 0-4), about 15 min",
     "make reseeding METHODS=patchsvdd": (
         "one method's fits with seeds 0-4, a few minutes; tests/test_determinism.py::"
         "test_remeasuring_one_method_replaces_only_its_rows_in_place checks what it targets and writes"),
-    "python benchmarks/bench_worker.py --out results/benchmarks/worker.json": (
-        "two from-scratch runs of the default config, about 25 min; that the worker changes no number is run for "
-        "real by tests/test_workflow.py::test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers"),
+    "python benchmarks/bench_run.py --out results/benchmarks/run.json": (
+        "three from-scratch runs of the default config, about 40 min; that the worker changes no number is run "
+        "for real by tests/test_workflow.py::test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_"
+        "numbers; that flushing subnormals changed none was checked against both golden files when it came in "
+        "(adbench/methods/determinism.py), and the script itself stops when its runs' tables differ"),
     "pip install -e .": ("installs into the environment the tests run in: even with --prefix, pip first "
                          "uninstalls that environment's fod-suite"),
     "conda env create -f environment.yml": "needs conda and its package channels; with conda here: --dry-run",

@@ -24,7 +24,7 @@ CI config (674 numbers) and the default config (2,638 numbers) reproduced their 
 as expected when a subnormal only ever meets sums of order 1e-7 or more, below whose rounding it falls.
 The mode is part of the pinned environment: deterministic on every x86-64 CPU, recorded in each run's
 kernel provenance (``flush_denormal``).  ``ADBENCH_FLUSH_DENORMAL=0`` turns it off (to measure its
-effect: ``benchmarks/bench_worker.py``).
+effect: ``benchmarks/bench_run.py``).
 """
 from __future__ import annotations
 
