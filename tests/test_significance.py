@@ -185,15 +185,16 @@ def realistic_maps(rng, n: int = 50, size: int = 128):
     return masks, maps[0], maps[1]
 
 
-def test_a_resample_auroc_from_the_pair_matrix_equals_the_resampled_histograms_bit_for_bit():
+@pytest.mark.parametrize("seed", [7, 11, 12])
+def test_a_resample_auroc_from_the_pair_matrix_equals_the_resampled_histograms_bit_for_bit(seed):
     """The bootstrap's AUROC of a resample, w M w over the draw counts w (``_resampled_auc``), against the
     AUROC of the resampled histograms themselves, at the sizes of a pixel bootstrap (50 images of 128 x 128
     pixels in 2,048 bins), ties included: every sum is a count or half a count, so they must be equal."""
-    masks, map_a, _ = realistic_maps(np.random.default_rng(7))
+    masks, map_a, _ = realistic_maps(np.random.default_rng(seed))
     n = masks.shape[0]
     pos, neg = _unit_histograms(map_a.reshape(-1).astype(np.float64), masks.reshape(-1).astype(bool),
                                 np.repeat(np.arange(n), masks[0].size), n, 2048)
-    counts = np.random.default_rng(8).multinomial(n, np.full(n, 1.0 / n), 200).astype(np.float64)
+    counts = np.random.default_rng(seed + 1).multinomial(n, np.full(n, 1.0 / n), 200).astype(np.float64)
     direct = _hist_auc(counts @ pos, counts @ neg)
     assert np.array_equal(_resampled_auc((pos, neg), counts), direct)
     assert np.unique(direct).size > 100  # the resamples differ, so the comparison is not of one value

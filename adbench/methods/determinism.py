@@ -19,9 +19,10 @@ Every job also treats subnormal floats (magnitude below 1.18e-38 in float32) as 
 and denormals-are-zero modes (``flush_denormals``).  Why: x86 arithmetic on a subnormal operand is 10 to
 100 times slower, and trained attention is peaked: after a few epochs of ``make run``'s FOD budget about
 10% of the entries of its softmax maps are subnormal, which made FOD's training step twice as slow
-(73 ms -> 39 ms per step, one thread, AVX2; issue 19).  The numbers did not move: with and without it, the
-CI config (674 numbers) and the default config (2,638 numbers) reproduced their golden files exactly,
-as expected when a subnormal only ever meets sums of order 1e-7 or more, below whose rounding it falls.
+(73 ms -> 39 ms per step, one thread, AVX2; issue 19).  A subnormal can move a result only where it is
+not negligible against what it meets, which is rare: with and without the mode, the CI config (674
+numbers) and the default config (2,638 numbers) reproduced their golden files exactly.  Should a config
+ever differ, the golden gate shows it, and ``ADBENCH_FLUSH_DENORMAL=0`` gives the other numbers.
 The mode is part of the pinned environment: deterministic on every x86-64 CPU, recorded in each run's
 kernel provenance (``flush_denormal``).  ``ADBENCH_FLUSH_DENORMAL=0`` turns it off (to measure its
 effect: ``benchmarks/bench_run.py``).
@@ -62,8 +63,8 @@ def flush_denormals() -> None:
 
     Call it first in a process, before torch starts its thread pool: the mode is a per-thread CPU
     register that new threads copy from the thread that creates them, so a pool started earlier would
-    keep computing with subnormals.  On a CPU without the mode (not x86) it does nothing, and
-    ``kernel_provenance`` says ``flush_denormal: off``.
+    keep computing with subnormals.  On a CPU without such a mode torch leaves arithmetic as it is, and
+    ``kernel_provenance`` (which tests the arithmetic, not the setting) says ``flush_denormal: off``.
     """
     import torch
 
