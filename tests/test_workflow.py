@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from adbench.methods.determinism import ISA_VARIABLES
 from adbench.operations.golden import cell_key, expected_cells
@@ -275,6 +276,20 @@ def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(
     assert rerun.returncode == 0, rerun.output[-2000:]
     changed = [str(p.relative_to(brick)) for p, data in before.items() if p.read_bytes() != data]
     assert not changed, f"same config and seed, other per-image scores or maps: {changed}"
+
+
+def test_one_core_extracts_the_same_features(ci_run, tmp_path):
+    """`--cores 1` gives the feature cache of a 2-core run bit for bit: extraction runs its fixed 2 torch
+    threads (workflow/rules/features.smk), not the cores Snakemake allots it (on 1 thread the backbone's
+    convolutions give other last bits: up to 3e-5 at the CI and the default size)."""
+    shutil.copytree(ci_run / "results" / "data", tmp_path / "results" / "data")
+    target = next((ci_run / "results" / "features" / "embedded" / "brick").glob("*/test.pt")).relative_to(ci_run)
+    proc = snakemake(tmp_path, str(target), "--cores", "1")  # the last --cores counts
+    assert proc.returncode == 0, proc.output[-2000:]
+    ours, theirs = (torch.load(root / target, weights_only=False)["features"] for root in (tmp_path, ci_run))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    log = next((tmp_path / "results" / "logs" / "extract_features").rglob("test.log")).read_text()
+    assert "torch threads: 2" in log
 
 
 def test_dry_run_of_the_default_config(tmp_path):

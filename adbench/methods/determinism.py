@@ -12,8 +12,9 @@ environment variable, once, before its first kernel runs:
 
 The workflow sets them in ``workflow/rules/common.smk`` from the config's ``determinism.cpu_isa`` before
 any job starts, so every job (a fresh Python process) inherits them; each rule also runs with a fixed
-torch thread count (``adbench.jobs.job_context``).  Feature extraction gives bit-identical features with
-1 or 2 threads; training jobs always run on one thread.
+torch thread count (``adbench.jobs.job_context``), whatever ``--cores`` says: the results depend on it
+(feature extraction's convolutions differ in the last bits on 1 and 2 threads), so extraction always runs
+on 2 threads (``params.torch_threads`` of ``workflow/rules/features.smk``) and every other job on one.
 
 Every job also treats subnormal floats (magnitude below 1.18e-38 in float32) as zero: x86's flush-to-zero
 and denormals-are-zero modes (``flush_denormals``).  Why: x86 arithmetic on a subnormal operand is 10 to

@@ -13,12 +13,19 @@ rule extract_features:
         preprocess=config["backbone"]["preprocess"],
         cpu_isa=config["determinism"]["cpu_isa"],  # the features' last bits depend on it
         device=config.get("device", "auto"),  # so do they on the device (auto: CUDA when present)
-    # Features are bit-identical with 1 or 2 torch threads (so --cores 1 gives the same cache).
-    threads: 2
-    # Cluster requests (the local run ignores them): as many CPUs as threads.  Measured: 7 s per split for
+        # And on torch's thread count: the backbone's convolutions give other last bits on 1 thread than
+        # on 2 (up to 3e-5 on the default config).  So every extraction runs 2 torch threads, whatever
+        # --cores and `threads:` below say: the cache does not depend on the cores a run was given.
+        torch_threads=2,
+    # The job's share of the cores for Snakemake's scheduler: one.  An extraction is a second or two of work
+    # per split in make run; asking for two cores made it wait for both, so at each category's turn one
+    # core stood idle while a fit finished (about 25 s of make run's wall time).  Its 2 torch threads
+    # overlap another job for that second or two, which changes no number.
+    threads: 1
+    # Cluster requests (the local run ignores them): a CPU per torch thread.  Measured: 2 s per split for
     # the default config, about 1 GB peak RSS for the CI config; memory and time doubled on a retry.
     resources:
-        cpus_per_task=lambda wc, threads: threads,
+        cpus_per_task=2,
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     log:
