@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adbench.methods.determinism import flush_denormals  # noqa: E402
 from fod.config import resolve  # noqa: E402
-from fod.method import build_levels, training_step  # noqa: E402
+from fod.method import build_levels, level_optimizer, training_step  # noqa: E402
 from fod.tokens import feature_tokens, grid_positions  # noqa: E402
 
 SHAPES = {
@@ -164,7 +164,7 @@ def measure(impl: str, shape: str, warmup: int, repeats: int) -> dict:
     levels, features = setup(shape)
     if impl == "ours":
         cfg = resolve({"d_model": [d for _, _, d in SHAPES[shape]]})
-        optimizer = torch.optim.Adam(levels.parameters(), lr=1e-4)
+        optimizer = level_optimizer(levels, lr=1e-4)  # as fod.method.FOD.fit
 
         def step():
             training_step(levels, optimizer, features, cfg)

@@ -104,9 +104,7 @@ class FOD(AnomalyMethod):
         for level, ref in zip(self.levels, references):
             if ref is not None:
                 level.set_reference(*ref)
-        # Adam with each level's parameters in one buffer (adbench.methods.flat_adam): the same numbers as
-        # torch.optim.Adam over each level's tensors (32 at the default), with one kernel call where it made 32.
-        optimizer = FlatAdam([level.parameters() for level in self.levels], lr=cfg.lr)
+        optimizer = level_optimizer(self.levels, cfg.lr)
         self.monitor_best = {}
         steps = math.ceil(len(train) / cfg.batch_size)
         with tqdm(total=cfg.epochs * steps, desc="fod", disable=not cfg.progress) as bar:
@@ -238,6 +236,13 @@ def build_levels(cfg: FODConfig, shapes: list[dict[str, Any]]) -> nn.ModuleList:
         )
         for shape, d_model in zip(shapes, cfg.d_model, strict=True)
     )
+
+
+def level_optimizer(levels: nn.ModuleList, lr: float) -> FlatAdam:
+    """FOD's optimizer: Adam with each level's parameters in one buffer (``adbench.methods.flat_adam``), the
+    same numbers as ``torch.optim.Adam(levels.parameters())`` with one kernel call per level where that
+    makes one per tensor (32 per level at the default)."""
+    return FlatAdam([level.parameters() for level in levels], lr=lr)
 
 
 def training_step(

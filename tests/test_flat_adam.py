@@ -13,7 +13,7 @@ from torch import nn
 
 from adbench.methods.flat_adam import FlatAdam
 from fod.config import resolve
-from fod.method import build_levels, training_step
+from fod.method import build_levels, level_optimizer, training_step
 from fod.tokens import grid_positions
 
 
@@ -86,7 +86,8 @@ def test_fod_training_steps_equal_adam_bit_for_bit(variant):
     for level, shape in zip(levels, SHAPES):
         positions = grid_positions(*shape["grid"])[: shape["n_reference"]]
         level.set_reference(torch.randn(shape["n_reference"], shape["channels"]), positions)
-    plain, plain_opt, flat, flat_opt = _pair(levels, lambda m: [level.parameters() for level in m])
+    plain, flat = levels, copy.deepcopy(levels)
+    plain_opt, flat_opt = torch.optim.Adam(plain.parameters(), lr=3e-3), level_optimizer(flat, 3e-3)  # as FOD.fit
     gen = torch.Generator().manual_seed(2)
     for step in range(6):
         features = [torch.randn(2, s["channels"], *s["grid"], generator=gen) for s in SHAPES]
