@@ -3,7 +3,8 @@
 The sizes are chosen so that tensors end in partial vectors (7, 13, 5, 91 elements): an element's update
 must not depend on where it sits in the buffer.  The FOD cases run ``fod.method.training_step`` in both
 of its modes: ``per_level`` (zero, backward and step level by level, so a level without gradients yet is
-skipped at the first step and is updated with zero gradients later) and ``joint``.
+skipped at the first step and is updated with zero gradients later) and ``joint``; CFLOW's case fits
+it with FlatAdam and with torch.optim.Adam under both of its ``zero_grad`` readings.
 """
 import copy
 
@@ -95,3 +96,21 @@ def test_fod_training_steps_equal_adam_bit_for_bit(variant):
         flat_parts = training_step(flat, flat_opt, features, cfg)
         assert plain_parts == flat_parts, f"step {step}"
         assert _bitwise_equal(plain, flat), f"step {step}"
+
+
+@pytest.mark.parametrize("zero_grad", ["zeros", "none"])  # CFLOW's two readings of zero_grad()
+def test_cflow_trains_as_with_adam_bit_for_bit(monkeypatch, zero_grad):
+    """CFLOW steps one flow at a time (idle flows: zeroed or no gradients); FlatAdam groups by flow."""
+    import baselines.cflow as cflow
+    from synthetic import synthetic_split
+
+    class PlainAdam(torch.optim.Adam):
+        def __init__(self, groups, lr):
+            super().__init__([p for group in groups for p in group], lr=lr)
+
+    train, test = synthetic_split(8, 0, seed=0), synthetic_split(3, 3, seed=1)
+    params = {**cflow.CFlow.tiny_params, "zero_grad": zero_grad}
+    flat = cflow.CFlow(params, seed=0).fit(train).predict(test)
+    monkeypatch.setattr(cflow, "FlatAdam", PlainAdam)
+    plain = cflow.CFlow(params, seed=0).fit(train).predict(test)
+    assert (flat.maps == plain.maps).all() and (flat.scores == plain.scores).all()
