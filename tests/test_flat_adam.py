@@ -71,6 +71,21 @@ def test_parameters_stay_views_and_the_state_dict_round_trips():
     assert _bitwise_equal(fresh, model)
 
 
+def test_the_global_step_hooks_run_once_per_step():
+    """The learning check's "untrained" mutation (adbench.evaluation.learning.training_skipped) undoes every
+    step through torch's global step hooks: with FlatAdam too, the parameters stay as they were."""
+    from adbench.evaluation.learning import training_skipped
+
+    _, _, model, opt = _pair(_two_nets(), lambda m: [net.parameters() for net in m])
+    before = copy.deepcopy(model)
+    with training_skipped():
+        for _ in range(3):
+            opt.zero_grad()
+            model[0](torch.ones(2, 7)).sum().backward()
+            opt.step()
+    assert _bitwise_equal(model, before)
+
+
 def test_rejects_an_empty_group():
     with pytest.raises(ValueError, match="empty parameter group"):
         FlatAdam([[]], lr=1e-3)

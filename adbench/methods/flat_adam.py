@@ -55,23 +55,24 @@ class FlatAdam(torch.optim.Adam):
             self.members.append(params)
             flats.append(flat)
         super().__init__(flats, lr=lr)
+        # A step pre-hook, not an override of step(): torch wraps every optimizer class's own step() with the
+        # global step hooks, so an override would run them twice (adbench.evaluation.learning's
+        # training_skipped restores the parameters from one of them).
+        self.register_step_pre_hook(lambda optimizer, args, kwargs: optimizer._gather_grads())
 
     def _flats(self) -> list[nn.Parameter]:
         return self.param_groups[0]["params"]
 
+    @torch.no_grad()
     def _gather_grads(self) -> None:
-        """Give each flat parameter whose members have gradients a flat gradient, the members' becoming views."""
+        """Before each step: give each flat parameter whose members have gradients a flat gradient (the
+        members' gradients become views of it)."""
         for flat, params in zip(self._flats(), self.members):
             if flat.grad is not None or all(p.grad is None for p in params):
                 continue
             flat.grad = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
             for p, view in zip(params, _views(flat.grad, params)):
                 p.grad = view
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        self._gather_grads()
-        return super().step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=set_to_none)  # zeroes the flat gradients (the members' views) in place
