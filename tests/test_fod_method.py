@@ -9,7 +9,6 @@ from adbench.evaluation.metrics import roc_auc
 from adbench.protocol import Split
 from fod.ablations import ABLATIONS
 from fod.config import VARIANTS, resolve
-import fod.method
 from fod.method import FOD
 from fod.prior import prior_block
 from fod.tokens import feature_tokens, grid_positions
@@ -79,18 +78,6 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     np.testing.assert_array_equal(before.maps, after.maps)
     assert before.extra == after.extra and before.extra
     assert loaded.state_dict()["config"] == resolve(TINY | {"monitor_every": 2}).as_dict()
-
-
-def test_scoring_in_batches_gives_the_maps_of_one_image_at_a_time(monkeypatch):
-    """Test images are scored in batches of about 4 MiB of attention map (``_EVAL_ELEMENTS``); an image's
-    map must not depend on the batch it is in (no statistic over the batch, no batch-size-dependent kernel)."""
-    method = FOD(TINY, seed=0).fit(TRAIN)
-    monkeypatch.setattr(fod.method, "_EVAL_ELEMENTS", 1 << 30)  # all six in one batch
-    whole = method.predict(TEST)
-    monkeypatch.setattr(fod.method, "_EVAL_ELEMENTS", 1)  # one image per batch
-    single = method.predict(TEST)
-    np.testing.assert_array_equal(whole.maps, single.maps)
-    np.testing.assert_array_equal(whole.scores, single.scores)
 
 
 def test_training_is_deterministic_given_the_seed():
