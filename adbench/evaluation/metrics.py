@@ -38,8 +38,13 @@ def check_scores(scores, name: str) -> np.ndarray:
 
 
 def _sort_desc(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order (descending) of ``scores`` and the index of the last element of each tie group in it."""
-    order = np.argsort(scores)[::-1]
+    """Order (descending) of ``scores`` and the index of the last element of each tie group in it.
+
+    A stable sort: numpy's default quicksort runs x86-simd-sort's vector kernels, whose order within a tie
+    group depends on the instruction set (the counts do not), and whose AVX2 argsort crashed QEMU's
+    emulated Haswell CPU in tests/test_emulated_cpus.py; the stable sort is scalar and the same everywhere.
+    """
+    order = np.argsort(scores, kind="stable")[::-1]
     ranked = scores[order]
     ends = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
     return order, ends
