@@ -11,7 +11,7 @@ they would be without the worker, and the numbers are identical (tests/test_work
 compares a run without the worker with a local run through it).
 
 * **Keyed by what imports read.**  A worker serves only clients whose Python, ``sys.path``, kernel pins
-  (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_CBWR``), threading, CUDA and library-path
+  (``adbench.methods.determinism.ISA_VARIABLES``), threading, CUDA and library-path
   variables, installed packages and suite source files (path, size, mtime) are the same as its own: any
   change starts another worker (``worker_key``).  A worker exits after ``IDLE_SECONDS`` without jobs.
 * **Nothing outlives its job.**  The child watches the client's socket; when the client dies (Snakemake
@@ -64,7 +64,7 @@ START_SECONDS = 180  # how long a client waits for a new worker to listen
 # Environment variables read when a library is imported (or that change which files are imported): a
 # worker serves only clients that agree with it on every one of them.
 KEY_VARIABLES = ("PATH", "PYTHONPATH", "PYTHONHASHSEED", "LD_LIBRARY_PATH", "LD_PRELOAD")
-KEY_PREFIXES = ("ATEN_", "ONEDNN_", "DNNL_", "MKL_", "OMP_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_",
+KEY_PREFIXES = ("ATEN_", "ONEDNN_", "DNNL_", "MKL_", "NPY_", "OMP_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_",
                 "TORCH", "PYTORCH_", "MALLOC_")
 SOURCE_PACKAGES = ("adbench", "fod", "baselines")
 _IN_WORKER = False  # True in a worker's child: delegate() then lets the script run

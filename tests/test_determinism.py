@@ -22,7 +22,9 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_the_pin_sets_every_library_and_native_sets_none():
-    assert isa_environment("avx2") == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+    assert isa_environment("avx2") == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE",
+                                       "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+                                       "OPENBLAS_CORETYPE": "Haswell"}
     assert isa_environment("native") == {}
     with pytest.raises(ValueError, match=r"determinism.cpu_isa = 'avx512'"):
         isa_environment("avx512")
@@ -33,7 +35,13 @@ def test_a_pinned_process_dispatches_avx2_kernels_and_says_so():
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["cpu_capability"] == "AVX2"
-    assert (record["aten_cpu_capability"], record["onednn_max_cpu_isa"], record["mkl_cbwr"]) == ("avx2", "AVX2", "AVX2")
+    assert (record["aten_cpu_capability"], record["onednn_max_cpu_isa"], record["mkl_cbwr"]) == ("avx2", "AVX2", "COMPATIBLE")
+    assert record["mkl_branch"] == "COMPATIBLE"  # MKL honours it on Intel and AMD CPUs alike
+    assert not {"X86_V4", "AVX512_ICL", "AVX512_SPR"} & set(record["numpy_simd"].split())
+    blas = _python("import json, numpy; from threadpoolctl import threadpool_info; "
+                   "print(json.dumps([i['architecture'] for i in threadpool_info() if i['user_api'] == 'blas']))",
+                   **isa_environment("avx2"))
+    assert set(json.loads(blas.stdout)) == {"Haswell"}, blas.stderr
 
 
 def test_a_pin_set_after_torch_ran_is_refused():
@@ -44,6 +52,25 @@ def test_a_pin_set_after_torch_ran_is_refused():
     proc = _python(late)
     assert proc.returncode != 0
     assert f"ATEN_CPU_CAPABILITY=avx2 but torch dispatches {host} kernels" in proc.stderr
+
+
+def test_an_mkl_branch_the_cpu_does_not_run_is_refused():
+    """MKL falls back silently to another branch when it cannot run the one asked for (as its AVX2 branch
+    on AMD CPUs); AVX512_MIC, the Xeon Phi branch, runs on no CPU the suite meets."""
+    proc = _python(PROVENANCE, MKL_CBWR="AVX512_MIC")
+    assert proc.returncode != 0
+    assert "MKL_CBWR=AVX512_MIC but MKL runs its" in proc.stderr, proc.stderr
+
+
+def test_a_numpy_pin_set_after_numpy_was_imported_is_refused():
+    host = _python("from adbench.methods.determinism import numpy_targets; print(' '.join(numpy_targets()))")
+    if "X86_V4" not in host.stdout.split():
+        pytest.skip(f"numpy finds no AVX-512 target on this host ({host.stdout.strip()}): nothing to disable")
+    late = ("import os, numpy; os.environ['NPY_DISABLE_CPU_FEATURES'] = 'X86_V4 AVX512_ICL AVX512_SPR'; "
+            + PROVENANCE)
+    proc = _python(late)
+    assert proc.returncode != 0
+    assert "NPY_DISABLE_CPU_FEATURES excludes AVX512_ICL X86_V4 but numpy dispatches to it" in proc.stderr
 
 
 # A job on two threads squares 4M copies of 1e-20: each product, 1e-40, is subnormal (below 1.18e-38), and
