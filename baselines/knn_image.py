@@ -61,10 +61,11 @@ class KNNImage(AnomalyMethod):
             raise ValueError(f"knn_image: test features have {test.features[0].shape[1]} channels at stride 8, "
                              f"the fitted bank {self.bank['cells'].shape[1]} (another backbone?)")
         pooled = _pooled(test.features).to(self.device)
-        scores = torch.cdist(pooled, self.bank["pooled"]).min(dim=1).values
+        exact = "donot_use_mm_for_euclid_dist"  # the same on every CPU (adbench.methods.portable)
+        scores = torch.cdist(pooled, self.bank["pooled"], compute_mode=exact).min(dim=1).values
         cells = _cells(test.features[0]).to(self.device)
         step = int(self.params["chunk"])
-        nearest = torch.cat([torch.cdist(cells[i:i + step], self.bank["cells"]).min(dim=1).values
+        nearest = torch.cat([torch.cdist(cells[i:i + step], self.bank["cells"], compute_mode=exact).min(dim=1).values
                              for i in range(0, len(cells), step)])
         n, _, h, w = test.features[0].shape
         maps = F.interpolate(nearest.view(n, 1, h, w), size=(test.image_size,) * 2, mode="bilinear",

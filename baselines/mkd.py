@@ -284,7 +284,7 @@ class MKD(AnomalyMethod):
             assert self.student is not None
             self.student.to(dev)
             gen = torch.Generator().manual_seed(self.seed)
-            optimizer = torch.optim.Adam(self.student.parameters(), lr=float(p["lr"]))
+            optimizer = torch.optim.Adam(self.student.parameters(), lr=float(p["lr"]), fused=True)  # the same on every CPU (adbench.methods.portable)
             self.student.train()
             for epoch in (bar := tqdm(range(epochs), desc="mkd", unit="epoch")):
                 perm = torch.randperm(n, generator=gen)

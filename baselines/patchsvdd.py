@@ -485,7 +485,7 @@ class PatchSVDD(AnomalyMethod):
             data = train.features[arch["level"]].float().to(dev)
         n_img = len(data)
         params = [p for m in self._modules() for p in m.parameters()]
-        opt = torch.optim.Adam(params, lr=float(cfg["lr"]))
+        opt = torch.optim.Adam(params, lr=float(cfg["lr"]), fused=True)  # the same on every CPU (adbench.methods.portable)
         lam = float(cfg["lambda"])
         bs = int(cfg["batch_size"])
         epochs = int(cfg["epochs"])

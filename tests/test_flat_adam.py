@@ -1,10 +1,12 @@
-"""FlatAdam (adbench/methods/flat_adam.py) updates every parameter bit for bit as torch.optim.Adam does.
+"""FlatAdam (adbench/methods/flat_adam.py) updates every parameter as torch.optim.Adam(fused=True) does, to
+float32 rounding: fused Adam's vector body and scalar tail round an element's update differently, so its
+place in the flat buffer can move its last bit (``ROUNDING``).
 
 The sizes are chosen so that tensors end in partial vectors (7, 13, 5, 91 elements): an element's update
 must not depend on where it sits in the buffer.  The FOD cases run ``fod.method.training_step`` in both
 of its modes: ``per_level`` (zero, backward and step level by level, so a level without gradients yet is
 skipped at the first step and is updated with zero gradients later) and ``joint``; CFLOW's case fits
-it with FlatAdam and with torch.optim.Adam under both of its ``zero_grad`` readings.
+it with FlatAdam and with torch.optim.Adam(fused=True) under both of its ``zero_grad`` readings.
 """
 import copy
 
@@ -20,7 +22,17 @@ from fod.tokens import grid_positions
 
 def _pair(model: nn.Module, groups) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module, FlatAdam]:
     twin = copy.deepcopy(model)
-    return model, torch.optim.Adam(model.parameters(), lr=3e-3), twin, FlatAdam(groups(twin), lr=3e-3)
+    return model, torch.optim.Adam(model.parameters(), lr=3e-3, fused=True), twin, FlatAdam(groups(twin), lr=3e-3)
+
+
+# The largest difference allowed between FlatAdam's and the per-tensor Adam's parameters after the tests'
+# dozen steps at lr 3e-3: a few units in the last place of values of order 1 (measured: 3e-8), far below
+# one step's update (~3e-3), so a skipped, doubled or misassigned update still fails.
+ROUNDING = 1e-6
+
+
+def _close(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.allclose(x, y, rtol=0, atol=ROUNDING) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def _bitwise_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -45,7 +57,7 @@ def test_equals_adam_stepping_one_group_at_a_time(set_to_none):
             opt.zero_grad(set_to_none=set_to_none)
             model[which](x).square().mean().backward()
             opt.step()
-        assert _bitwise_equal(plain_model, flat_model), f"step {step}"
+        assert _close(plain_model, flat_model), f"step {step}"
     assert not _bitwise_equal(plain_model, _two_nets())  # it trained
 
 
@@ -96,7 +108,7 @@ SHAPES = [{"channels": 6, "grid": [4, 5], "n_reference": 13}, {"channels": 10, "
 
 @pytest.mark.parametrize("seed", [0, 3])
 @pytest.mark.parametrize("variant", ["official", "paper"])  # level_steps per_level / joint
-def test_fod_training_steps_equal_adam_bit_for_bit(variant, seed):
+def test_fod_training_steps_equal_adam(variant, seed):
     cfg = resolve({"d_model": [16, 32], "heads": 4, "layers": 1, "variant": variant})
     torch.manual_seed(seed)
     levels = build_levels(cfg, SHAPES)
@@ -104,29 +116,29 @@ def test_fod_training_steps_equal_adam_bit_for_bit(variant, seed):
         positions = grid_positions(*shape["grid"])[: shape["n_reference"]]
         level.set_reference(torch.randn(shape["n_reference"], shape["channels"]), positions)
     plain, flat = levels, copy.deepcopy(levels)
-    plain_opt, flat_opt = torch.optim.Adam(plain.parameters(), lr=3e-3), level_optimizer(flat, 3e-3)  # as FOD.fit
+    plain_opt, flat_opt = torch.optim.Adam(plain.parameters(), lr=3e-3, fused=True), level_optimizer(flat, 3e-3)  # as FOD.fit
     gen = torch.Generator().manual_seed(seed + 2)
     for step in range(6):
         features = [torch.randn(2, s["channels"], *s["grid"], generator=gen) for s in SHAPES]
         plain_parts = training_step(plain, plain_opt, features, cfg)
         flat_parts = training_step(flat, flat_opt, features, cfg)
-        assert plain_parts == flat_parts, f"step {step}"
-        assert _bitwise_equal(plain, flat), f"step {step}"
+        assert plain_parts == pytest.approx(flat_parts, rel=1e-5), f"step {step}"
+        assert _close(plain, flat), f"step {step}"
 
 
 @pytest.mark.parametrize("zero_grad", ["zeros", "none"])  # CFLOW's two readings of zero_grad()
-def test_cflow_trains_as_with_adam_bit_for_bit(monkeypatch, zero_grad):
+def test_cflow_trains_as_with_adam(monkeypatch, zero_grad):
     """CFLOW steps one flow at a time (idle flows: zeroed or no gradients); FlatAdam groups by flow."""
     import baselines.cflow as cflow
     from synthetic import synthetic_split
 
     class PlainAdam(torch.optim.Adam):
         def __init__(self, groups, lr):
-            super().__init__([p for group in groups for p in group], lr=lr)
+            super().__init__([p for group in groups for p in group], lr=lr, fused=True)
 
     train, test = synthetic_split(8, 0, seed=0), synthetic_split(3, 3, seed=1)
     params = {**cflow.CFlow.tiny_params, "zero_grad": zero_grad}
     flat = cflow.CFlow(params, seed=0).fit(train).predict(test)
     monkeypatch.setattr(cflow, "FlatAdam", PlainAdam)
     plain = cflow.CFlow(params, seed=0).fit(train).predict(test)
-    assert (flat.maps == plain.maps).all() and (flat.scores == plain.scores).all()
+    assert abs(flat.maps - plain.maps).max() < 1e-4 and abs(flat.scores - plain.scores).max() < 1e-4

@@ -1,17 +1,22 @@
-"""Adam over parameters laid out in one contiguous buffer per group: the same numbers, fewer kernel calls.
+"""Adam over parameters laid out in one contiguous buffer per group: fewer kernel calls, the same updates.
 
 ``torch.optim.Adam`` on the CPU (neither ``foreach`` nor ``fused`` by default there, and ``foreach`` on the
 CPU still dispatches per tensor) issues about eight small kernels per parameter tensor per step.  A small
 model has many small tensors: FOD's two levels at the default budget hold 64 of them, so that with its
 per-level steps (two Adam steps per training step) the optimizer took about 4.4 of a training step's
-35 ms (2.2 ms per Adam step, AVX2 pinned, one thread), most of it dispatch: 0.8 ms per step when flat.  ``FlatAdam`` copies each group's parameters into one flat ``Parameter`` and
-makes every original parameter a view of it, so Adam runs its eight kernels once per group.
+35 ms (2.2 ms per Adam step, AVX2 pinned, one thread), most of it dispatch: 0.8 ms per step when flat.
+``FlatAdam`` copies each group's parameters into one flat ``Parameter``, makes every original parameter a
+view of it and steps torch's fused Adam on it: one kernel per group and step.  Fused, because the
+per-tensor Adam takes its square roots through MKL's vector math, whose last bit depends on the CPU's
+vendor (``adbench.methods.portable``).
 
-Same numbers: Adam is element-wise (each element of a parameter is updated from the same element of its
-gradient and moments, with the same Python scalars), so the flat update computes every element exactly as
-the per-tensor update does; ``tests/test_flat_adam.py`` checks it bit for bit, at tensor sizes that are
-not multiples of the vector width, with and without ``zero_grad(set_to_none=False)``.  Gradients keep
-Adam's semantics too: a group whose parameters have no gradient yet (``None``) is skipped as Adam skips
+The same numbers to float32 rounding: Adam is element-wise (each element of a parameter is updated from the
+same element of its gradient and moments, with the same Python scalars), so the flat update computes
+every element as the per-tensor update (``torch.optim.Adam(fused=True)``) does, except that fused Adam's
+vector body and its scalar tail round an update differently, so an element's place in the buffer can
+move its last bit (3e-8 after a dozen steps in ``tests/test_flat_adam.py``, which checks it at tensor
+sizes that are not multiples of the vector width, with and without ``zero_grad(set_to_none=False)``).
+Gradients keep Adam's semantics too: a group whose parameters have no gradient yet (``None``) is skipped as Adam skips
 them; at the first ``step`` that finds gradients, they are copied into one flat gradient and every
 parameter's ``.grad`` becomes a view of it, so that later backward passes accumulate into it in place
 (as they accumulate into a kept ``.grad``).  ``zero_grad(set_to_none=True)`` drops both, and the next
@@ -54,7 +59,7 @@ class FlatAdam(torch.optim.Adam):
                 p.data = view
             self.members.append(params)
             flats.append(flat)
-        super().__init__(flats, lr=lr)
+        super().__init__(flats, lr=lr, fused=True)  # the same on every CPU (adbench.methods.portable)
         # A step pre-hook, not an override of step(): torch wraps every optimizer class's own step() with the
         # global step hooks, so an override would run them twice (adbench.evaluation.learning's
         # training_skipped restores the parameters from one of them).

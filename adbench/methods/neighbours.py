@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adbench.methods.portable import portable_sqrt
+
 __all__ = ["nearest_distances", "greedy_k_center", "random_projection"]
 
 
@@ -58,10 +60,10 @@ def nearest_distances(
         q = queries[start : start + chunk]
         if min_first:
             d2 = torch.addmm(bank_sq[None, :], q, bank.T, alpha=-2.0).amin(dim=1) + (q * q).sum(1)
-            out.append(d2.clamp_min_(0).sqrt_())
+            out.append(portable_sqrt(d2.clamp_min_(0)))
         else:
             d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + bank_sq
-            out.append(d2.topk(k, dim=1, largest=False).values.clamp_(min=0).sqrt_().mean(1))
+            out.append(portable_sqrt(d2.topk(k, dim=1, largest=False).values.clamp_(min=0)).mean(1))
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -135,7 +137,8 @@ def greedy_k_center(
         first = 1  # steps that still have to choose a point
     else:
         starts = torch.randint(p, (min(start_points, p),), generator=generator).to(z.device)
-        min_dist = torch.cdist(z, z[starts]).mean(1)  # (P,) approximate distance to the (empty) selection
+        # (P,) approximate distance to the (empty) selection; the direct path: see adbench.methods.portable
+        min_dist = torch.cdist(z, z[starts], compute_mode="donot_use_mm_for_euclid_dist").mean(1)
         if squared:
             min_dist = min_dist.square()
         first = 0
@@ -164,7 +167,7 @@ def _plain_loop(z, sq, min_dist, selected, first, squared, progress) -> None:
         centre = z.index_select(0, selected[i : i + 1])[0]  # no host round trip on a GPU
         dist = sq - 2.0 * (z @ centre) + centre.square().sum()
         if not squared:
-            dist = dist.clamp_(min=0).sqrt_()
+            dist = portable_sqrt(dist.clamp_(min=0))
         min_dist = torch.minimum(min_dist, dist)
 
 
@@ -188,7 +191,7 @@ def _lazy_loop(z, sq, min_dist, selected, first, squared, block, progress) -> No
                 break
             new = slice(applied[k], i)
             d2 = sq[a:b, None] - 2.0 * z[a:b] @ centres[new].T + centres_sq[new]
-            nearest = d2.min(1).values if squared else d2.min(1).values.clamp_(min=0).sqrt_()
+            nearest = d2.min(1).values if squared else portable_sqrt(d2.min(1).values.clamp_(min=0))
             torch.minimum(min_dist[a:b], nearest, out=min_dist[a:b])
             applied[k] = i
             block_max[k] = min_dist[a:b].max()
