@@ -312,8 +312,8 @@ class CFlow(AnomalyMethod):
             assert self.flows is not None
             self.flows.to(dev)
             gen = torch.Generator().manual_seed(self.seed)
-            # Adam with each flow's parameters in one buffer: the same numbers as torch.optim.Adam over
-            # them, in one kernel call per flow where that makes one per tensor (adbench.methods.flat_adam).
+            # Adam with each flow's parameters in one buffer: torch's fused Adam over them to float32
+            # rounding, in one kernel call per flow (adbench.methods.flat_adam).
             optimizer = FlatAdam([flow.parameters() for flow in self.flows], lr=float(p["lr"]))
             batches_per_pass = sum(max(1, len(f) // fibre_batch) for f, _ in data)
             steps_per_meta = batches_per_pass * sub_epochs
