@@ -11,15 +11,15 @@ Two kinds of rows, both rebuilt from the code the tests run (nothing re-implemen
   test_patchcore's coreset bound and embedded check), with the test's own data and params imported from the
   test module, for method seeds 0..4.
 
-One run measures one process, i.e. one kernel setting: torch picks CPU kernels by instruction set once, at
-start-up, from ``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA`` and ``MKL_CBWR`` (``adbench.methods.determinism``).  Three
-settings: ``native``; ``avx2-no-mkl``, ATen and oneDNN capped at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2
-ATEN_CPU_CAPABILITY=avx2``, how the tests are run on an AVX-512 machine to see AVX2 numbers); ``avx2``, the
-same plus ``MKL_CBWR=AVX2`` (the workflow's full pin, closest to a real AVX2 machine).
+One run measures one process, i.e. one kernel setting: torch and numpy pick CPU kernels once, at start-up,
+from the variables of ``adbench.methods.determinism``.  Three settings: ``native``; ``avx2-no-mkl``, the
+pin without ``MKL_CBWR`` (MKL's matrix products on the host's own branch: what the tests see on an
+AVX-512 machine when they are run under the pin's other variables); ``avx2``, the workflow's full pin
+(the same numbers as on any other x86-64 machine).
 
     # all three settings (a child process each), then the tables
     python benchmarks/learning_margins.py all
-    # one setting in this process (set the three variables before Python starts for AVX2)
+    # one setting in this process (set the pin's variables before Python starts for AVX2)
     python benchmarks/learning_margins.py run --out results/benchmarks/learning_margins_native.json
     python benchmarks/learning_margins.py combine results/benchmarks/learning_margins_{native,avx2}.json
 
