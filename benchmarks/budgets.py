@@ -42,9 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adbench.methods.determinism import flush_denormals, pin_cpu_isa  # noqa: E402  (imports no torch)
+from adbench.methods.determinism import flush_denormals, pin_cpu_isa  # noqa: E402  (imports neither numpy nor torch)
 
-pin_cpu_isa("avx2")  # before torch runs a kernel, as the workflow's jobs
+if __name__ == "__main__":  # as the workflow's jobs, before numpy and torch load; an importer has its own pin
+    pin_cpu_isa("avx2")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,12 +1,27 @@
-"""Shared fixtures: converted backbone weights, a small generated embedded dataset, cached splits."""
+"""Shared fixtures: converted backbone weights, a small generated embedded dataset, cached splits.
+
+The tests compute with the workflow's pinned kernels (``adbench.methods.determinism``), set here before
+numpy and torch load (each reads its variables once), so that a number a test checks is the number every
+x86-64 machine computes: ``make test`` gives the same results on an AVX2 and an AVX-512 machine, Intel or
+AMD.  ``ADBENCH_TEST_CPU_ISA=native`` runs them with the host's own kernels instead.
+"""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-import pytest
+from adbench.methods.determinism import flush_denormals, isa_environment  # imports neither numpy nor torch
 
-from adbench.data.embedded import EmbeddedConfig, generate_category
-from adbench.methods.determinism import flush_denormals
+PIN = isa_environment(os.environ.get("ADBENCH_TEST_CPU_ISA", "avx2"))
+if PIN and {"numpy", "torch"} & set(sys.modules):
+    raise RuntimeError("numpy or torch was imported before tests/conftest.py could pin the CPU kernels "
+                       "(a pytest plugin?): run pytest without it, or with ADBENCH_TEST_CPU_ISA=native")
+os.environ.update(PIN)
+
+import pytest  # noqa: E402
+
+from adbench.data.embedded import EmbeddedConfig, generate_category  # noqa: E402
 
 # Subnormal floats count as zero in the tests' fits, as in the workflow's jobs (adbench.jobs.job_context),
 # set before torch starts its thread pool.

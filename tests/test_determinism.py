@@ -44,6 +44,17 @@ def test_a_pinned_process_dispatches_avx2_kernels_and_says_so():
     assert set(json.loads(blas.stdout)) == {"Haswell"}, blas.stderr
 
 
+def test_the_test_session_itself_runs_pinned():
+    """tests/conftest.py pins this process before numpy and torch load: the tests' numbers are every CPU's."""
+    if os.environ.get("ADBENCH_TEST_CPU_ISA") == "native":
+        pytest.skip("ADBENCH_TEST_CPU_ISA=native: the tests run on the host's own kernels")
+    from adbench.methods.determinism import kernel_provenance
+
+    record = kernel_provenance()
+    assert (record["cpu_capability"], record["mkl_branch"], record["openblas_coretype"]) == ("AVX2", "COMPATIBLE", "Haswell")
+    assert "X86_V4" not in record["numpy_simd"].split()
+
+
 def test_a_pin_set_after_torch_ran_is_refused():
     host = _python("import torch; print(torch.backends.cpu.get_cpu_capability())").stdout.strip()
     if host == "AVX2":
