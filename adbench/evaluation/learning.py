@@ -57,7 +57,8 @@ STATISTICS: tuple[str, ...] = ("image_auroc", "local_pixel_auroc")
 # The floors, and what every configuration scores.  Measured (under the previous pin, MKL_CBWR=AVX2 and the
 # per-tensor Adam, before December 2026; not re-measured since) by benchmarks/learning_margins.py on the CI data,
 # one torch thread, the asserted seeds 0-2, three kernel settings: native AVX-512 / ATen and oneDNN capped at
-# AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) / the same plus MKL_CBWR=AVX2 (that time's full pin); [worst]: the lowest mean over any 3 of seeds 0-4 in any setting; untrained: training skipped
+# AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) / the same plus MKL_CBWR=AVX2 (that time's full pin);
+# [worst]: the lowest mean over any 3 of seeds 0-4 in any setting; untrained: training skipped
 # (the same in every setting); shuffled: the output permuted across test images (native).  Bars above a
 # floor, and statistics a configuration is not judged on ("-"), are explained in its ``learning_budget``.
 #
