@@ -244,3 +244,34 @@ def test_per_defect_separates_a_large_subtle_defect_from_small_obvious_ones():
     assert unlabelled["defect_kinds"] == {} and unlabelled["defect_types"]["colour"]["kind"] == "unclassified"
     with pytest.raises(ValueError, match="disagree"):
         metrics.per_defect(1 - labels, types, scores, masks, maps)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_sort_shared_by_subsets_gives_each_subsets_own_order(seed):
+    """``_subset_order`` (per_defect's groups, pixel_metrics' PRO curve) equals sorting the subset itself,
+    element for element, also through tie groups (quantised scores, -0.0 beside 0.0), so the metrics that
+    reuse one sort keep every bit: per_defect's pixel AUROCs against roc_auc on each group, and the PRO
+    curve against a separate sort."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=3000), 1)
+    scores[rng.random(3000) < 0.05] = -0.0
+    scores[rng.random(3000) < 0.05] = 0.0
+    order, _ = metrics._sort_desc(scores)
+    for keep in (rng.random(3000) < 0.3, rng.random(3000) < 0.9, np.arange(3000) % 7 == 0):
+        expected, _ = metrics._sort_desc(scores[keep])
+        assert np.array_equal(metrics._subset_order(order, keep), expected)
+
+    n, size = 10, 12
+    types = ["good"] * 4 + ["scratch"] * 3 + ["colour"] * 3
+    labels = np.array([t != "good" for t in types], dtype=int)
+    masks = (rng.random((n, size, size)) < 0.2).astype(np.uint8) * labels[:, None, None]
+    maps = np.round(rng.random((n, size, size)) + masks * 0.3, 1).astype(np.float32)
+    scores = maps.reshape(n, -1).max(1).astype(np.float64)
+    out = metrics.per_defect(labels, types, scores, masks, maps, {"scratch": "local", "colour": "hard_global"})
+    for defect in ("scratch", "colour"):
+        chosen = np.array([t in ("good", defect) for t in types])
+        assert out["defect_types"][defect]["pixel_auroc"] == metrics.roc_auc(masks[chosen].ravel(),
+                                                                             maps[chosen].ravel())
+    pixel = metrics.pixel_metrics(masks, maps)
+    assert pixel["pixel_aupro"] == metrics.aupro(masks, maps)
+    assert pixel["pixel_auroc"] == metrics.roc_auc(masks.ravel(), maps.ravel())

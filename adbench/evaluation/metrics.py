@@ -44,17 +44,32 @@ def _sort_desc(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     group depends on the instruction set (the counts do not), and whose AVX2 argsort crashed QEMU's
     emulated Haswell CPU in tests/test_emulated_cpus.py; the stable sort is scalar and the same everywhere.
     """
-    order = np.argsort(scores, kind="stable")[::-1]
+    return _ranked(scores, np.argsort(scores, kind="stable")[::-1])
+
+
+def _ranked(scores: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``order`` and the index of the last element of each tie group of ``scores`` in it."""
     ranked = scores[order]
-    ends = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
-    return order, ends
+    return order, np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
 
 
-def _counts(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+def _subset_order(order: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The order ``_sort_desc`` gives ``scores[keep]``, from ``order``, the one of all ``scores``.
+
+    order: (N,) from ``_sort_desc(scores)``; keep: (N,) bool.  Returns (keep.sum(),) indices into
+    ``scores[keep]``.  A stable sort orders a tie group by position, and ``keep`` preserves the positions'
+    order, so filtering the full order (O(N)) gives the subset's own sort exactly, element for element.
+    """
+    position = np.cumsum(keep) - 1
+    return position[order[keep[order]]]
+
+
+def _counts(labels, scores, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative (false positives, true positives) at each distinct threshold, highest threshold first.
 
     labels, scores: (N,) arrays.  Returns two (T,) int64 arrays, T = number of distinct scores; entry i
-    counts the samples with ``score >= `` the i-th largest distinct score.
+    counts the samples with ``score >= `` the i-th largest distinct score.  ``order``: the scores'
+    ``_sort_desc`` order when the caller has it (else it is computed).
     """
     labels = check_binary(labels, "labels")
     scores = check_scores(scores, "scores")
@@ -63,7 +78,7 @@ def _counts(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == labels.size:
         raise ValueError("only one class is present in labels; the metric needs both normal (0) and anomalous (1)")
-    order, ends = _sort_desc(scores)
+    order, ends = _sort_desc(scores) if order is None else _ranked(scores, order)
     tps = np.cumsum(labels[order], dtype=np.int64)[ends]
     fps = ends + 1 - tps
     return fps, tps
@@ -106,7 +121,7 @@ def f1_max(labels, scores) -> float:
     return _f1_max(*_counts(labels, scores))
 
 
-def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+def aupro(masks, maps, fpr_limit: float = 0.3, order: np.ndarray | None = None) -> float:
     """Normalised area under the per-region-overlap (PRO) curve up to ``fpr_limit`` (MVTec AD definition).
 
     masks: (N, H, W) in {0, 1}, ground truth; maps: (N, H, W) float anomaly maps.
@@ -114,7 +129,8 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     all regions of all images of the fraction of the region's pixels with ``score >= t``, and FPR is the
     fraction of all normal pixels with ``score >= t``.  The curve starts at (0, 0), has one point per
     distinct score, is integrated with the trapezoid rule up to ``fpr_limit`` (PRO linearly interpolated
-    there) and divided by ``fpr_limit``, so a perfect map scores 1.0.
+    there) and divided by ``fpr_limit``, so a perfect map scores 1.0.  ``order``: the flattened maps'
+    ``_sort_desc`` order when the caller has it.
     """
     masks = check_binary(masks, "masks")
     maps = check_scores(maps, "maps")
@@ -137,7 +153,7 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     # Each anomalous pixel adds 1 / (n_regions * its region's size) to PRO once the threshold reaches it.
     sizes = np.bincount(regions, minlength=n_regions + 1)
     weights = np.where(regions > 0, 1.0 / (n_regions * sizes[regions]), 0.0)
-    order, ends = _sort_desc(maps.ravel())
+    order, ends = _sort_desc(maps.ravel()) if order is None else _ranked(maps.ravel(), order)
     fpr = np.concatenate([[0.0], np.cumsum(regions[order] == 0)[ends] / n_normal])
     pro = np.concatenate([[0.0], np.cumsum(weights[order])[ends]])
 
@@ -162,12 +178,13 @@ def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
     masks: (N, H, W) in {0, 1}; maps: (N, H, W) float.
     """
     masks, maps = np.asarray(masks), np.asarray(maps)
-    curve = _counts(masks.ravel(), maps.ravel())
+    order = _sort_desc(check_scores(maps.ravel(), "maps"))[0]  # one sort for the curve and the PRO curve
+    curve = _counts(masks.ravel(), maps.ravel(), order)
     return {
         "pixel_auroc": _roc_auc(*curve),
         "pixel_ap": _average_precision(*curve),
         "pixel_f1_max": _f1_max(*curve),
-        "pixel_aupro": aupro(masks, maps, fpr_limit),
+        "pixel_aupro": aupro(masks, maps, fpr_limit, order),
     }
 
 
@@ -197,11 +214,14 @@ def per_defect(labels, defect_types, scores, masks, maps, kinds: dict[str, str] 
         raise ValueError("labels and defect types disagree: exactly the images of type 'good' must be normal")
     scores, masks, maps = np.asarray(scores), np.asarray(masks), np.asarray(maps)
     normal = ~labels
+    pixel_order = _sort_desc(check_scores(maps.ravel(), "maps"))[0]  # each group's pixel order is a part of it
+    pixels_per_image = maps[0].size if len(maps) else 0
 
     def group(members: np.ndarray) -> dict[str, float]:
         chosen = normal | members
+        order = _subset_order(pixel_order, np.repeat(chosen, pixels_per_image))
         return {"n": int(members.sum()), "image_auroc": roc_auc(labels[chosen], scores[chosen]),
-                "pixel_auroc": roc_auc(masks[chosen].ravel(), maps[chosen].ravel())}
+                "pixel_auroc": _roc_auc(*_counts(masks[chosen].ravel(), maps[chosen].ravel(), order))}
 
     kinds = kinds or {}
     present = sorted(set(types[labels]))
