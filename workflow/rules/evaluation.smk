@@ -35,8 +35,9 @@ rule track_category:
         experiment=config["mlflow"]["experiment"],
     # Cluster requests (the local run ignores them).  Measured: 8 s per category (default config), under
     # 1 GB peak RSS (CI config).
-    # mlflow_db: one unit of the MLflow SQLite store; workflow/profiles/slurm caps it at 1, so jobs on
-    # different nodes never write the database (on a shared filesystem) at the same time.
+    # mlflow_db: one unit of the MLflow SQLite store; workflow/profiles/slurm caps it at 1, so two jobs never
+    # write the database (on a shared filesystem) at the same time.  A localrule (Snakefile): under a
+    # cluster executor it runs where snakemake runs.
     resources:
         cpus_per_task=lambda wc, threads: threads,
         mem_mb=lambda wc, attempt: 2000 * attempt,
