@@ -7,6 +7,7 @@ AMD.  ``ADBENCH_TEST_CPU_ISA=native`` runs them with the host's own kernels inst
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -72,13 +73,22 @@ def embedded_splits(embedded_root, backbone):
 
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory) -> Path:
-    """The workflow on config/ci.yaml (``all_tables``) in a scratch folder, once per test session; the
-    workflow, SLURM and golden-file tests compare against it.  What Snakemake printed is kept in
-    ``<work>/snakemake.out``."""
+    """The workflow on config/ci.yaml (``all_tables``) in a scratch folder, once per ``make test``: the
+    pytest workers (xdist) share it, the first to need it makes it while the others wait.  The workflow,
+    SLURM and golden-file tests compare against it and only read it; a test that runs jobs in it again
+    copies it first.  What Snakemake printed is kept in ``<work>/snakemake.out`` (``snakemake.failed`` when
+    the run failed: every worker then fails with it instead of running it again)."""
     from workflow_runs import snakemake
 
-    work = tmp_path_factory.mktemp("workflow")
-    proc = snakemake(work, "all_tables")
-    (work / "snakemake.out").write_text(proc.output)
-    assert proc.returncode == 0, proc.output[-4000:]
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one folder per session
+    work, failed = shared / "ci_run", shared / "ci_run" / "snakemake.failed"
+    with open(shared / "ci_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (work / "snakemake.out").exists() and not failed.exists():
+            work.mkdir(exist_ok=True)
+            proc = snakemake(work, "all_tables")
+            (work / ("snakemake.out" if proc.returncode == 0 else failed.name)).write_text(proc.output)
+    if failed.exists():
+        pytest.fail(f"the CI workflow run in {work} failed:\n{failed.read_text()[-4000:]}")
     return work

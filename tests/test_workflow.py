@@ -92,11 +92,12 @@ def test_runs_are_logged_to_mlflow(ci_run):
     assert list(artifacts.rglob("metrics.json")) and list(artifacts.rglob("map_*.png"))
 
 
-def test_logging_the_same_runs_again_creates_no_duplicates(ci_run):
+def test_logging_the_same_runs_again_creates_no_duplicates(ci_run, tmp_path):
     from adbench.evaluation.tracking import log_runs
 
     folder = ci_run / "results" / "embedded" / "coins" / "patchcore" / "seed0"
-    uri = f"sqlite:///{ci_run / 'results' / 'mlflow.db'}"
+    shutil.copy(ci_run / "results" / "mlflow.db", tmp_path / "mlflow.db")  # the other pytest workers read ci_run's
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = log_runs([folder], uri, "fod-suite")
     assert log_runs([folder], uri, "fod-suite") == first
     assert first == {k: v for k, v in json.loads((folder.parent.parent / "mlflow.json").read_text()).items()
@@ -255,9 +256,11 @@ def test_adding_a_category_to_a_real_dataset_redoes_no_other_category(tmp_path):
         "category_summary", "extract_features", "extract_features", "fit_evaluate", "prepare_category"]
 
 
-def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(ci_run):
+def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(ci_run, tmp_path):
     target = "results/embedded/brick/summary.csv"
-    plan = snakemake(ci_run, "-n", "--forceall", target)
+    work = tmp_path / "rerun"  # a copy: the other pytest workers read ci_run meanwhile
+    shutil.copytree(ci_run, work, symlinks=True)
+    plan = snakemake(work, "-n", "--forceall", target)
     assert plan.returncode == 0, plan.output[-2000:]
     jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", plan.stdout, flags=re.M)
     assert jobs and all("coins" not in body for _, body in jobs)
@@ -267,11 +270,13 @@ def test_rerunning_one_category_reruns_only_its_jobs_and_reproduces_its_numbers(
         + ["fit_evaluate"] * runs)
     # The session's run went through the resident worker (adbench/worker.py); the rerun runs every job in
     # its own process, so equal files also show that the worker changes no number.
-    brick = ci_run / "results" / "embedded" / "brick"
+    brick = work / "results" / "embedded" / "brick"
     before = {p: p.read_bytes() for p in sorted(brick.glob("*/seed*/scores.csv")) + sorted(brick.glob("*/seed*/maps.npz"))}
     assert len(before) == 2 * runs
-    rerun = snakemake(ci_run, "--forceall", target, env={**os.environ, "ADBENCH_WORKER": "0"})
+    rerun = snakemake(work, "--forceall", target, env={**os.environ, "ADBENCH_WORKER": "0"})
     assert rerun.returncode == 0, rerun.output[-2000:]
+    assert all(p.stat().st_mtime_ns > ci_run_file.stat().st_mtime_ns  # the copy's cells were computed again
+               for p, ci_run_file in ((p, ci_run / p.relative_to(work)) for p in before))
     changed = [str(p.relative_to(brick)) for p, data in before.items() if p.read_bytes() != data]
     assert not changed, f"same config and seed, other per-image scores or maps: {changed}"
 
