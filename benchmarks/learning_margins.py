@@ -317,6 +317,9 @@ def setting_environment(setting: str) -> dict[str, str]:
 def run(cases: list[str], seeds: list[int], out: Path) -> dict:
     """Measure ``cases`` for ``seeds`` in this process; write (and return) the JSON after every case."""
     sys.path[:0] = [str(TESTS), str(ROOT)]
+    # The test modules it imports load tests/conftest.py, which would pin the kernels (and refuses to once
+    # torch is loaded); this process measures the setting it was started with instead.
+    os.environ["ADBENCH_TEST_CPU_ISA"] = "native"
     import torch
 
     from adbench.methods.determinism import ISA_VARIABLES
