@@ -440,10 +440,11 @@ class DRAEM(AnomalyMethod):
         "anomaly_source): with nothing to segment it learns to call every pixel normal")
     #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: 15 epochs of batch 2 (120
     #: steps at 16 images; the default's 10 epochs leave 0.688 with AVX2 kernels), 6-7 s per fit.  Judged on its
-    #: maps: local pixel AUROC, seeds 0-2, native / AVX2 / AVX2 with MKL pinned: 0.802 / 0.821 / 0.736, training
-    #: skipped 0.492 (too few steps invert the maps: "Too short a schedule" above).  Single fits range 0.45-0.98,
-    #: so three other seeds can come out lower (0.643 with MKL pinned).  Its image score is not judged:
-    #: 0.661 / 0.707 / 0.644, single fits 0.29-1.0, too noisy at 20 test images to sit reliably above the floor.
+    #: maps: local pixel AUROC, seeds 0-2, native / the pin without MKL_CBWR / the full pin (December 2026):
+    #: 0.857 / 0.745 / 0.745, training skipped 0.492 (too few steps invert the maps: "Too short a schedule"
+    #: above).  Single fits range 0.42-0.98, so three other seeds can come out lower (0.711 pinned).  Its image
+    #: score is not judged: 0.769 / 0.793 / 0.793, single fits 0.31-0.99, too noisy at 20 test images to sit
+    #: reliably above the floor.
     learning_budget = {"default": {"params": {"epochs": 15, "batch_size": 2, "lr": 1e-3, "progress": False},
                                    "trains": True, "bars": {"local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 

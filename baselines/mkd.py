@@ -248,8 +248,8 @@ class MKD(AnomalyMethod):
         "raise methods.{name}.params.epochs, or change methods.{name}.params.lamda (the MSE weight: 0.5 in the "
         "public code on MVTec, 0.01 elsewhere)")
     #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: the embedded default's
-    #: schedule (12 epochs of batch 2), about 2 s per fit.  Seeds 0-2, native / AVX2 kernels: image AUROC
-    #: 0.748 / 0.745, local pixel 0.734 / 0.733.  The untrained student's discrepancy already marks brick's local
+    #: schedule (12 epochs of batch 2), about 2 s per fit.  Seeds 0-2, native / the pin without MKL_CBWR / the
+    #: full pin (December 2026): image AUROC 0.760 / 0.762 / 0.741, local pixel 0.733 / 0.734 / 0.733.  The untrained student's discrepancy already marks brick's local
     #: defects (local pixel 0.675); its image ranking is what training adds (0.566 untrained), and the image bar
     #: is the one that catches it; adbench/evaluation/learning.py has the table.
     learning_budget = {"default": {"params": {"epochs": 12, "batch_size": 2}, "trains": True,

@@ -302,8 +302,8 @@ class PatchSVDD(AnomalyMethod):
     #: 3e-3 (lambda 1), about 0.5 s per fit.  Its untrained encoder already detects: random convolutional
     #: embeddings and the nearest training patch score image AUROC 0.698 and local pixel 0.961 (seeds 0-2,
     #: training skipped; up to 0.755 for other seeds), above both floors, so its image bar is raised to 0.78,
-    #: between that and what training reaches: 0.842 / 0.844 / 0.837 (native / AVX2 / AVX2 with MKL pinned;
-    #: at least 0.811 for any 3 of seeds 0-4).  Chance passes 0.78 with probability 7e-8.
+    #: between that and what training reaches: 0.842 / 0.842 / 0.842 (native / the pin without MKL_CBWR / the
+    #: full pin, December 2026; at least 0.818 for any 3 of seeds 0-4).  Chance passes 0.78 with probability 7e-8.
     learning_budget = {"default": {
         "params": {"epochs": 8, "repeat": 8, "lr": 3e-3, "lambda": 1.0, "progress": False}, "trains": True,
         "bars": {"image_auroc": 0.78, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}

@@ -52,10 +52,11 @@ class FOD(AnomalyMethod):
         "lambda2 (the divergence and entropy weights, 0.5 in the paper), or raise methods.{name}.params.epochs")
     #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data, both variants:
     #: config/config.yaml's fod_budget (d_model 64/128, 1 layer, 4 heads, lr 2e-3) for 8 epochs instead of 4,
-    #: about 2.5 s per fit.  Seeds 0-2, native / AVX2 / AVX2 with MKL pinned; training skipped in brackets:
-    #:   official: local pixel AUROC 0.795 / 0.797 / 0.809 (0.405); image 0.705 / 0.655 / 0.710 (0.469), not
-    #:             judged: brick's single fits range 0.36-0.79 (at 4 epochs all six fits average 0.56-0.58)
-    #:   paper:    image AUROC 0.781 / 0.705 / 0.710 (0.552), local pixel 0.836 / 0.843 / 0.861 (0.677)
+    #: about 2.5 s per fit.  Seeds 0-2, native / the pin without MKL_CBWR / the full pin (December 2026,
+    #: adbench/evaluation/learning.py has the table); training skipped in brackets:
+    #:   official: local pixel AUROC 0.770 / 0.812 / 0.818 (0.405); image 0.717 / 0.616 / 0.708 (0.469), not
+    #:             judged: single fits of seeds 0-4 range 0.39-0.84
+    #:   paper:    image AUROC 0.752 / 0.745 / 0.778 (0.552), local pixel 0.826 / 0.813 / 0.821 (0.677)
     learning_budget = {
         "default": {"params": _LEARNING_PARAMS, "trains": True, "bars": {"local_pixel_auroc": LOCAL_PIXEL_FLOOR}},
         "paper": {"params": {**_LEARNING_PARAMS, "variant": "paper"}, "trains": True,
