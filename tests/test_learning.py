@@ -160,3 +160,25 @@ def test_a_broken_method_fails_the_check(fits, budget, mutation):
     result = learning.check(budget, broken, KINDS)
     assert not result.passed, f"the {mutation} variant passes the learning check:\n{result.report()}"
     assert learning.check(budget, fits(budget), KINDS).passed  # the unbroken one does (same cached fits)
+
+
+def test_the_margin_benchmark_runs_in_a_pinned_process(tmp_path):
+    """benchmarks/learning_margins.py measures the kernel setting its process starts with and imports the test
+    modules (so this conftest) after torch: it must run under the workflow's pin, as ``all`` starts it, and
+    record that setting.  Its cheapest case that builds the CI splits, one seed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from adbench.methods.determinism import ISA_VARIABLES, isa_environment
+
+    env = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES + ("ADBENCH_TEST_CPU_ISA",)}
+    out = tmp_path / "margins.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning_margins.py"), "run", "--cases",
+                           "patchcore_embedded", "--seeds", "0", "--out", str(out)], capture_output=True,
+                          text=True, cwd=ROOT, env={**env, **isa_environment("avx2")}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["setting"] == "avx2"
+    assert set(record["values"]) == {"patchcore_embedded.image", "patchcore_embedded.local"}
