@@ -3,8 +3,9 @@
 Each takes plain arguments (paths, config mappings), so a stage can also be run by hand from Python.
 ``job_context`` sends a job's stdout/stderr (progress bars included) to its Snakemake log, pins torch
 to the job's thread count, so parallel jobs do not oversubscribe the cores, flushes subnormal floats to
-zero, and checks (and logs) that the job's kernels run on the instruction set the config pins
-(``adbench.methods.determinism``).
+zero, keeps freed memory for reuse (``adbench.methods.malloc``: no page faults for the tensors a training
+step allocates again and again), and checks (and logs) that the job's kernels run on the instruction set
+the config pins (``adbench.methods.determinism``).
 """
 from __future__ import annotations
 
@@ -17,16 +18,27 @@ from typing import Iterator
 import torch
 
 from adbench.methods.determinism import flush_denormals, kernel_provenance
+from adbench.methods.malloc import retain_freed_memory
 from adbench.methods.runs import write_atomic
+
+
+def job_settings(threads: int) -> str:
+    """Set this process up as a job computes: subnormals flushed to zero (before torch's thread pool starts;
+    ``adbench.methods.determinism``), ``threads`` torch threads, freed memory kept
+    (``adbench.methods.malloc``).  Benchmarks that time a job's work call it too.  Returns the malloc
+    setting, for the log."""
+    flush_denormals()
+    torch.set_num_threads(max(1, int(threads)))
+    return retain_freed_memory()
 
 
 @contextlib.contextmanager
 def job_context(log: str | Path, threads: int) -> Iterator[None]:
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    flush_denormals()  # before the thread pool starts (adbench.methods.determinism)
-    torch.set_num_threads(max(1, int(threads)))
+    malloc = job_settings(threads)
     with open(log, "w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-        print(f"kernels: {kernel_provenance()}, torch threads: {torch.get_num_threads()}", flush=True)
+        print(f"kernels: {kernel_provenance()}, torch threads: {torch.get_num_threads()}, malloc: {malloc}",
+              flush=True)
         yield
 
 

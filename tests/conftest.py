@@ -24,8 +24,9 @@ import pytest  # noqa: E402
 
 from adbench.data.embedded import EmbeddedConfig, generate_category  # noqa: E402
 
-# Subnormal floats count as zero in the tests' fits, as in the workflow's jobs (adbench.jobs.job_context),
-# set before torch starts its thread pool.
+# Subnormal floats count as zero in the tests' fits, as in the workflow's jobs (adbench.jobs.job_settings),
+# set before torch starts its thread pool.  Freed memory is not kept here as in the jobs
+# (adbench.methods.malloc): a test process runs hundreds of fits and would hold the largest heap of them all.
 flush_denormals()
 
 SMALL = EmbeddedConfig(seed=0, size=128, n_train=16, n_test_good=8, n_test_anomalous=12)
