@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from adbench.methods.determinism import flush_denormals
+from adbench.methods.malloc import retain_freed_memory
 from adbench.protocol import IMAGENET_MEAN, IMAGENET_STD, Split, device_name, resolve_device
 from adbench.methods.registry import IMPLEMENTATIONS, method_class
 
@@ -190,7 +191,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true",
                    help="a tiny run that only checks the script works: 64 px, 6 + 4 images, 2 epochs, 40,112 channels")
     a = p.parse_args()
-    flush_denormals()  # as the workflow's jobs (adbench.jobs.job_context)
+    flush_denormals()  # as the workflow's jobs (adbench.jobs.job_settings), on torch's own thread count
+    retain_freed_memory()
     if a.quick:
         a.size, a.n_train, a.n_test, a.epochs, a.channels = 64, 6, 4, 2, "40,112"
     device = resolve_device(a.device)

@@ -12,10 +12,18 @@ and one optimizer step per level with gradients zeroed, not dropped (torch 1.13)
 excluded from both: each step starts from cached features, as the suite's training does (DESIGN.md
 sec. 10 gives the backbone's own cost, which would add equally to both sides).
 
-Every (shape, implementation) pair runs in a subprocess of its own, so that peak RSS (getrusage) is not
-shared.  Writes JSON to ``--out`` and a markdown table next to it (same name, ``.md``).
+Both run as the workflow's jobs compute (subnormals flushed), under each of glibc's two malloc settings
+(``adbench.methods.malloc``): ``retain``, the jobs' (freed memory reused), and ``system``, glibc's defaults, in
+which every tensor above 32 MiB is a fresh mapping whose pages fault again on every step.  The authors'
+computation allocates several times as much per step, so the setting moves its time far more than ours
+(2 threads here, paper shapes: 9.8 s under ``system``, 2.6 s under ``retain``); the ratio is reported
+per setting.
 
-    python benchmarks/bench_fod_step.py [--quick] [--threads N] [--out results/benchmarks/fod_step.json]
+Every (shape, malloc, implementation) cell runs in a subprocess of its own, so that peak RSS (getrusage)
+is not shared.  Writes JSON to ``--out`` and a markdown table next to it (same name, ``.md``).
+
+    python benchmarks/bench_fod_step.py [--quick] [--threads N] [--malloc retain system]
+                                        [--out results/benchmarks/fod_step.json]
 
 ``--quick`` (a smoke test: one warm-up and one timed step per cell) measures the default shape only: the
 paper shape's authors' step alone needs about 7 GB and 8 s or more per step here.
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -40,6 +49,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adbench.methods.determinism import flush_denormals  # noqa: E402
+from adbench.methods.malloc import VARIABLE as MALLOC_VARIABLE, retain_freed_memory  # noqa: E402
 from fod.config import resolve  # noqa: E402
 from fod.method import build_levels, level_optimizer, training_step  # noqa: E402
 from fod.tokens import feature_tokens, grid_positions  # noqa: E402
@@ -159,8 +169,8 @@ def authors_step(levels, out_projs, optimizer, features) -> None:
 # ---- measurement --------------------------------------------------------------------------------------
 
 
-def measure(impl: str, shape: str, warmup: int, repeats: int) -> dict:
-    """Median seconds per training step and peak RSS of this process."""
+def measure(impl: str, shape: str, warmup: int, repeats: int, malloc: str) -> dict:
+    """Median seconds per training step and peak RSS of this process (``malloc``: what its malloc does)."""
     levels, features = setup(shape)
     if impl == "ours":
         cfg = resolve({"d_model": [d for _, _, d in SHAPES[shape]]})
@@ -186,18 +196,20 @@ def measure(impl: str, shape: str, warmup: int, repeats: int) -> dict:
     return {
         "impl": impl,
         "shape": shape,
+        "malloc_state": malloc,
         "median_s": statistics.median(times),
         "times_s": times,
         "peak_rss_mb": peak_kib / 1024,
     }
 
 
-def run_worker(impl: str, shape: str, warmup: int, repeats: int, threads: int | None) -> dict:
+def run_worker(impl: str, shape: str, malloc: str, warmup: int, repeats: int, threads: int | None) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, shape, "--warmup", str(warmup), "--repeats", str(repeats)]
     if threads:
         cmd += ["--threads", str(threads)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    env = {**os.environ, MALLOC_VARIABLE: malloc}
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "malloc": malloc}
 
 
 def markdown(report: dict) -> str:
@@ -207,14 +219,14 @@ def markdown(report: dict) -> str:
         f"torch {report['torch']}, {report['threads']} threads, {report['warmup']} warm-up + {report['repeats']} "
         "timed steps per cell, batch 1, backbone excluded.",
         "",
-        "| shape | implementation | median s/step | peak RSS (MB) |",
-        "|---|---|---|---|",
+        "| shape | malloc | implementation | median s/step | peak RSS (MB) |",
+        "|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        lines.append(f"| {r['shape']} | {r['impl']} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} |")
-    lines += ["", "| shape | time ours / authors | RSS ours / authors |", "|---|---|---|"]
-    for shape, ratio in report["ratios"].items():
-        lines.append(f"| {shape} | {ratio['time']:.3f} | {ratio['rss']:.3f} |")
+        lines.append(f"| {r['shape']} | {r['malloc']} | {r['impl']} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", "| shape | malloc | time ours / authors | RSS ours / authors |", "|---|---|---|---|"]
+    for ratio in report["ratios"]:
+        lines.append(f"| {ratio['shape']} | {ratio['malloc']} | {ratio['time']:.3f} | {ratio['rss']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -227,23 +239,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES), help="default: all")
+    parser.add_argument("--malloc", nargs="+", default=["retain", "system"], choices=["retain", "system"],
+                        help="glibc malloc settings to measure under (adbench.methods.malloc; default: both)")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    flush_denormals()  # as the workflow's jobs (adbench.jobs.job_context), for both implementations
+    flush_denormals()  # as the workflow's jobs (adbench.jobs.job_settings), for both implementations
+    malloc = retain_freed_memory()  # the setting this cell's ADBENCH_MALLOC asks for
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.warmup, args.repeats = 1, 1
     args.shapes = args.shapes or (["default"] if args.quick else list(SHAPES))
     if args.worker:
-        print(json.dumps(measure(*args.worker, args.warmup, args.repeats)))
+        print(json.dumps(measure(*args.worker, args.warmup, args.repeats, malloc)))
         return
+    cells = [(shape, malloc) for shape in args.shapes for malloc in args.malloc]
     results = [
-        run_worker(impl, shape, args.warmup, args.repeats, args.threads)
-        for shape in args.shapes
+        run_worker(impl, shape, malloc, args.warmup, args.repeats, args.threads)
+        for shape, malloc in cells
         for impl in ("ours", "authors")
     ]
-    by = {(r["shape"], r["impl"]): r for r in results}
+    by = {(r["shape"], r["malloc"], r["impl"]): r for r in results}
     report = {
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),
@@ -252,13 +268,15 @@ def main() -> None:
         "repeats": args.repeats,
         "backbone": "excluded from both implementations",
         "results": results,
-        "ratios": {
-            shape: {
-                "time": by[shape, "ours"]["median_s"] / by[shape, "authors"]["median_s"],
-                "rss": by[shape, "ours"]["peak_rss_mb"] / by[shape, "authors"]["peak_rss_mb"],
+        "ratios": [
+            {
+                "shape": shape,
+                "malloc": malloc,
+                "time": by[shape, malloc, "ours"]["median_s"] / by[shape, malloc, "authors"]["median_s"],
+                "rss": by[shape, malloc, "ours"]["peak_rss_mb"] / by[shape, malloc, "authors"]["peak_rss_mb"],
             }
-            for shape in args.shapes
-        },
+            for shape, malloc in cells
+        ],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

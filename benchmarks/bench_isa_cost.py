@@ -33,9 +33,9 @@ SETTINGS = ("avx2", "native")
 CHILD = """
 import json, sys, time
 import torch
-from adbench.methods.determinism import flush_denormals, kernel_provenance
-flush_denormals()  # as the workflow's jobs
-torch.set_num_threads(1)
+from adbench.jobs import job_settings
+from adbench.methods.determinism import kernel_provenance
+job_settings(1)  # as the workflow's jobs
 from adbench.features.cache import load_split
 from adbench.evaluation.metrics import roc_auc
 from adbench.methods.registry import method_class

@@ -1,22 +1,25 @@
-"""What the workflow's two speed switches save: the whole workflow from scratch under each setting, one
+"""What the workflow's three speed switches save: the whole workflow from scratch under each setting, one
 after the other in one session (issue 19).
 
 * ``after``: the default, every job in a fork of the resident worker (``adbench/worker.py``) with subnormal
-  floats flushed to zero (``adbench.methods.determinism.flush_denormals``);
-* ``no_flush``: the worker, subnormals kept (``ADBENCH_FLUSH_DENORMAL=0``);
-* ``before``: every job in its own process with subnormals kept (``ADBENCH_WORKER=0 ADBENCH_FLUSH_DENORMAL=0``),
-  how the workflow ran before either existed.
+  floats flushed to zero (``adbench.methods.determinism.flush_denormals``) and freed memory kept for reuse
+  (``adbench.methods.malloc``);
+* ``system_malloc``: the worker, subnormals flushed, glibc's own malloc settings (``ADBENCH_MALLOC=system``);
+* ``no_flush``: the worker, subnormals kept (``ADBENCH_FLUSH_DENORMAL=0``), freed memory kept;
+* ``before``: every job in its own process with subnormals kept and glibc's malloc settings
+  (``ADBENCH_WORKER=0 ADBENCH_FLUSH_DENORMAL=0 ADBENCH_MALLOC=system``), how the workflow ran before any existed.
 
 Each run goes into a scratch folder of its own (``--work``) with the same config; worker runs get a
 private worker folder each, so the start of their worker is part of the measurement.  Reports the wall time of each
 run, the summed job wall time per stage (Snakemake's ``benchmark:`` files, column ``s``: the job's wall
-time in every mode), each mode's ratio to ``before``, and whether all runs wrote identical tables.
+time in every mode), each mode's ratio to the baseline (``before`` when it ran, else the last mode run),
+and whether all runs wrote identical tables.
 Writes JSON to ``--out`` and a markdown table next to it (same name, ``.md``).
 
     python benchmarks/bench_run.py --out results/benchmarks/run.json            # the default config
     python benchmarks/bench_run.py --configfile config/ci.yaml --modes after before --out results/benchmarks/run_ci.json
 
-The default config takes about 40 minutes for the three runs on 2 cores.
+The default config takes about 45 minutes for the four runs on 2 cores.
 """
 from __future__ import annotations
 
@@ -41,12 +44,13 @@ STAGES = {
     "track_all_tables": "reporting", "reproduction": "reporting",
 }
 MODES = {
-    "after": {"ADBENCH_WORKER": "1", "ADBENCH_FLUSH_DENORMAL": "1"},
-    "no_flush": {"ADBENCH_WORKER": "1", "ADBENCH_FLUSH_DENORMAL": "0"},
-    "before": {"ADBENCH_WORKER": "0", "ADBENCH_FLUSH_DENORMAL": "0"},
+    "after": {"ADBENCH_WORKER": "1", "ADBENCH_FLUSH_DENORMAL": "1", "ADBENCH_MALLOC": "retain"},
+    "system_malloc": {"ADBENCH_WORKER": "1", "ADBENCH_FLUSH_DENORMAL": "1", "ADBENCH_MALLOC": "system"},
+    "no_flush": {"ADBENCH_WORKER": "1", "ADBENCH_FLUSH_DENORMAL": "0", "ADBENCH_MALLOC": "retain"},
+    "before": {"ADBENCH_WORKER": "0", "ADBENCH_FLUSH_DENORMAL": "0", "ADBENCH_MALLOC": "system"},
 }
-COLUMNS = {"after": "worker, subnormals flushed (default)", "no_flush": "worker, subnormals kept",
-           "before": "own process per job, subnormals kept"}
+COLUMNS = {"after": "worker, flushed, memory kept (default)", "system_malloc": "worker, flushed, glibc malloc",
+           "no_flush": "worker, subnormals kept", "before": "own process per job, subnormals kept, glibc malloc"}
 
 
 def run_workflow(work: Path, configfile: str | None, env: dict[str, str]) -> float:
@@ -84,19 +88,20 @@ def tables(work: Path) -> dict[str, str]:
 def markdown(report: dict) -> str:
     runs = report["runs"]
     modes = list(runs)
-    base = runs.get("before")
+    baseline = "before" if "before" in runs else modes[-1]
+    base = runs[baseline] if len(modes) > 1 else None
     lines = [
         "# The workflow from scratch under each speed setting (one after the other, one session, 2 cores)",
         "",
         f"Config: {report['config']}; tables identical across the runs: {report['tables_identical']}.",
         "",
         "| | " + " | ".join(f"{COLUMNS[m]} (s)" for m in modes) + (" | " + " | ".join(
-            f"{m} / before" for m in modes if m != "before") if base else "") + " |",
+            f"{m} / {baseline}" for m in modes if m != baseline) if base else "") + " |",
         "|---|" + "---:|" * (len(modes) + (len(modes) - 1 if base else 0)),
     ]
 
     def row(label: str, values: list[float], reference: float | None) -> str:
-        ratios = [f"{v / reference:.2f}" if reference else "n/a" for m, v in zip(modes, values) if m != "before"]
+        ratios = [f"{v / reference:.2f}" if reference else "n/a" for m, v in zip(modes, values) if m != baseline]
         return f"| {label} | " + " | ".join(f"{v:,.0f}" for v in values) + (
             " | " + " | ".join(ratios) if base else "") + " |"
 

@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adbench.methods.determinism import flush_denormals, pin_cpu_isa  # noqa: E402  (imports neither numpy nor torch)
+from adbench.methods.determinism import pin_cpu_isa  # noqa: E402  (imports neither numpy nor torch)
 
 if __name__ == "__main__":  # as the workflow's jobs, before numpy and torch load; an importer has its own pin
     pin_cpu_isa("avx2")
@@ -54,6 +54,7 @@ from adbench.data.datasets import VALIDATION, defect_kinds  # noqa: E402
 from adbench.data.embedded import CATEGORIES, GENERATOR_VERSION, EmbeddedConfig, generate_category  # noqa: E402
 from adbench.evaluation.evaluate import build_method  # noqa: E402
 from adbench.features.cache import extract_split, load_split, save_split  # noqa: E402
+from adbench.jobs import job_settings  # noqa: E402
 from adbench.evaluation.metrics import evaluate, per_defect  # noqa: E402
 from adbench.protocol import CollapseError, Prediction, Split, constant_output  # noqa: E402
 
@@ -182,8 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights-dir", type=Path, help="backbone weights (default: the config's weights_dir)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    flush_denormals()  # as the workflow's jobs (adbench.jobs.job_context)
-    torch.set_num_threads(1)
+    job_settings(1)  # as the workflow's jobs (adbench.jobs.job_context)
     params = json.loads(args.params)
     if params.get("monitor_every"):
         ap.error("drop monitor_every: budgets.py scores the validation split once, after training")
