@@ -50,6 +50,22 @@ if spec.get("stall_after_batches"):
         return result
 
     mlflow.MlflowClient.log_batch = log_batch
+if spec.get("stall_in_schema"):  # stall inside a new store's last migration: its tables made, its revision not
+    from alembic import command  # yet recorded (MLflow commits migration by migration), as a killed job left one
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db import utils
+
+    def upgrade_then_stall(engine):
+        config = utils._get_alembic_config(str(engine.url))
+        scripts = ScriptDirectory.from_config(config)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "heads")
+            command.stamp(config, scripts.get_revision(scripts.get_current_head()).down_revision, purge=True)
+        Path(spec["stalled"]).touch()
+        time.sleep(300)
+
+    utils._upgrade_db = upgrade_then_stall
 Path(spec["ready"]).touch()
 deadline = time.monotonic() + 120
 while spec.get("go") and not Path(spec["go"]).exists():
@@ -382,6 +398,35 @@ def test_a_sigkill_inside_logging_leaves_nothing_taken_for_logged(tmp_path):
     assert sorted(r.info.status for r in grouped[run_key(folders[2])]) == ["FINISHED", "KILLED"]
     assert client.get_run(stale.info.run_id).info.status == "KILLED"
     assert log_runs(folders, uri, "kill") == ids
+
+
+def test_a_sigkill_while_creating_the_store_leaves_no_store_behind(tmp_path):
+    """A real kill inside a new store's last schema migration (every table there, its revision not recorded):
+    the store's path stays free, so the next call makes a whole store and logs (a partial store at that path
+    was refused by every later run: "Detected out-of-date database schema", seen in a killed CI run)."""
+    db = tmp_path / "results" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    folder = make_run(tmp_path, "brick", "patchcore")
+    stalled = tmp_path / "stalled"
+    proc = spawn(tmp_path, "killed", {"uri": uri, "experiment": "kill", "folders": [str(folder)],
+                                       "ready": str(tmp_path / "ready"), "stall_in_schema": True,
+                                       "stalled": str(stalled)})
+    try:
+        wait_for([stalled], [proc], 120)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_group(proc)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not db.exists(), "a store killed while its schema was made took the store's name"
+
+    ids = log_runs([folder], uri, "kill")
+    [run] = runs_by_key(mlflow.MlflowClient(tracking_uri=uri), "kill")[run_key(folder)]
+    assert run.info.run_id == ids[run_key(folder)]
+    assert_complete(mlflow.MlflowClient(tracking_uri=uri), run, folder)
+    assert [p.name for p in db.parent.iterdir() if p.name.startswith(".mlflow.db")] == []
 
 
 def test_eight_processes_logging_at_once_into_a_new_store(tmp_path):

@@ -17,8 +17,8 @@ so history is kept; of the runs of one ``run_key``, the one logged or reused las
 every other is ``current=false`` with ``superseded_by=<run id>``.  In the UI, ``tags.current = 'true'``
 shows the latest numbers of every cell (and the latest parent run of each name, its cells nested under it).
 
-Crash safety.  Only a FINISHED run counts as logged, and a run is marked FINISHED after its metrics,
-params and artifacts: a run that a killed process left RUNNING is marked KILLED by the next call (which
+Crash safety.  A new store gets its name only once its schema is complete (``_create_store``).  Only a
+FINISHED run counts as logged, and a run is marked FINISHED after its metrics, params and artifacts: a run that a killed process left RUNNING is marked KILLED by the next call (which
 holds the lock, so no live writer owns it) and logged again, and an error while logging marks the run FAILED
 before it propagates.  ``current`` moves only after FINISHED, in this order: the new run is marked current,
 then the others un-marked; a crash in between leaves two current runs of a cell (never none), which the
@@ -152,9 +152,38 @@ def _store(tracking_uri: str) -> Iterator[Any]:
     with open(lock_path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            _create_store(tracking_uri)
             yield _retry(mlflow.MlflowClient, tracking_uri=tracking_uri)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create_store(tracking_uri: str) -> None:
+    """Make a new SQLite store whole before it gets its name (the caller holds the store's lock).
+
+    MLflow creates a store's schema in dozens of migrations, each committed on its own, so a process killed
+    among them (a job killed with the workflow) left a store at an intermediate schema that every later run
+    refused ("Detected out-of-date database schema").  Here the schema is made in ``.<name>.creating`` next
+    to the store, checked at MLflow's latest revision, and renamed into place, so the store's path holds a
+    complete schema or nothing; a partial file of a killed creation is replaced.  MLflow's own steps for a
+    fresh database (``mlflow.store.db.utils``, MLflow 3), on an engine of this function's own that is closed
+    before the rename.
+    """
+    db = _db_path(tracking_uri)
+    if db is None or db.exists():
+        return
+    from mlflow.store.db import utils
+
+    partial = db.with_name(f".{db.name}.creating")
+    for leftover in (partial, partial.with_name(partial.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    engine = utils.create_sqlalchemy_engine_with_retry(f"sqlite:///{partial}")
+    try:
+        utils._initialize_tables(engine)
+        utils._verify_schema(engine)
+    finally:
+        engine.dispose()
+    os.replace(partial, db)
 
 
 def _artifact_location(tracking_uri: str, name: str) -> str | None:
