@@ -189,6 +189,22 @@ def wait_for(paths: list[Path], procs: list[subprocess.Popen], seconds: float) -
         time.sleep(0.05)
 
 
+def kill_when_stalled(tmp_path: Path, spec: dict) -> None:
+    """Spawn a child with ``spec`` (a ``stall_*`` option), SIGKILL its process group once it has stalled
+    there, and check that the kill ended it."""
+    stalled = tmp_path / "stalled"
+    proc = spawn(tmp_path, "killed", {**spec, "ready": str(tmp_path / "ready"), "stalled": str(stalled)})
+    try:
+        wait_for([stalled], [proc], 120)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_group(proc)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def test_logging_the_same_folders_twice_returns_the_same_runs(store, tmp_path):
     uri, client = store
     folders = [make_run(tmp_path, "brick", "patchcore"), make_run(tmp_path, "brick", "fod", seed=1)]
@@ -367,19 +383,8 @@ def test_a_sigkill_inside_logging_leaves_nothing_taken_for_logged(tmp_path):
     """A real kill: the child logs 5 folders and is killed after the 3rd run's metrics, before its artifacts."""
     uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
     folders = [make_run(tmp_path, "brick", m) for m in ("draem", "patchsvdd", "mkd", "patchcore", "cflow")]
-    stalled = tmp_path / "stalled"
-    proc = spawn(tmp_path, "killed", {"uri": uri, "experiment": "kill", "folders": [str(f) for f in folders],
-                                       "ready": str(tmp_path / "ready"), "stall_after_batches": 3,
-                                       "stalled": str(stalled)})
-    try:
-        wait_for([stalled], [proc], 120)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        kill_group(proc)
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_stalled(tmp_path, {"uri": uri, "experiment": "kill", "folders": [str(f) for f in folders],
+                                 "stall_after_batches": 3})
     client = mlflow.MlflowClient(tracking_uri=uri)
     before = {k: [r.info.status for r in v] for k, v in runs_by_key(client, "kill").items()}
     assert before == {run_key(folders[0]): ["FINISHED"], run_key(folders[1]): ["FINISHED"],
@@ -407,19 +412,7 @@ def test_a_sigkill_while_creating_the_store_leaves_no_store_behind(tmp_path):
     db = tmp_path / "results" / "mlflow.db"
     uri = f"sqlite:///{db}"
     folder = make_run(tmp_path, "brick", "patchcore")
-    stalled = tmp_path / "stalled"
-    proc = spawn(tmp_path, "killed", {"uri": uri, "experiment": "kill", "folders": [str(folder)],
-                                       "ready": str(tmp_path / "ready"), "stall_in_schema": True,
-                                       "stalled": str(stalled)})
-    try:
-        wait_for([stalled], [proc], 120)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        kill_group(proc)
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_stalled(tmp_path, {"uri": uri, "experiment": "kill", "folders": [str(folder)], "stall_in_schema": True})
     assert not db.exists(), "a store killed while its schema was made took the store's name"
 
     ids = log_runs([folder], uri, "kill")
