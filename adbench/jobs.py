@@ -19,7 +19,7 @@ import torch
 
 from adbench.methods.determinism import flush_denormals, kernel_provenance
 from adbench.methods.malloc import retain_freed_memory
-from adbench.methods.runs import write_atomic
+from adbench.methods.runs import atomic_path, write_atomic
 
 
 def job_settings(threads: int) -> str:
@@ -112,7 +112,8 @@ def summarise_category(metrics_files: list[str], out: str) -> None:
     rows = read_metrics(metrics_files)
     # the per-defect groups (nested) stay in metrics.json and the per-defect tables; one scalar per column here
     rows = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]
-    pd.DataFrame(rows).sort_values(["method", "seed"]).to_csv(out, index=False)
+    with atomic_path(out) as tmp:
+        pd.DataFrame(rows).sort_values(["method", "seed"]).to_csv(tmp, index=False)
 
 
 def download_dtd(url: str, archive_dir: str, root: str, ready: str) -> None:
@@ -124,7 +125,7 @@ def download_dtd(url: str, archive_dir: str, root: str, ready: str) -> None:
     images = sorted(Path(root).rglob("*.jpg"))
     if not images:
         raise FileNotFoundError(f"{archive} unpacked into {root} without any .jpg: is it DTD?")
-    Path(ready).write_text(json.dumps({"url": url, "root": root, "images": len(images)}, indent=1))
+    write_atomic(ready, json.dumps({"url": url, "root": root, "images": len(images)}, indent=1))
 
 
 def track_category(run_dirs: list[str], tracking_uri: str, experiment: str, out: str) -> None:
@@ -132,18 +133,10 @@ def track_category(run_dirs: list[str], tracking_uri: str, experiment: str, out:
 
     ``out`` is written to a temporary name and renamed, so a kill never leaves a partial file.
     """
-    import os
-
     from adbench.evaluation.tracking import log_runs
 
     ids = log_runs([Path(d) for d in run_dirs], tracking_uri, experiment)
-    target = Path(out)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(ids, indent=1, sort_keys=True))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, json.dumps(ids, indent=1, sort_keys=True))
 
 
 def track_all_tables(cell_records: list[str], artifacts: dict[str, str], tracking_uri: str, experiment: str,
@@ -151,7 +144,6 @@ def track_all_tables(cell_records: list[str], artifacts: dict[str, str], trackin
     """One MLflow parent run for this ``all_tables`` execution (``adbench.evaluation.tracking.log_parent``): the union of
     the categories' ``mlflow.json`` ({run_key: run_id}) nested under it, ``artifacts`` ({artifact path: file
     or folder}) attached; writes ``{"run_id", "experiment", "cells"}`` to ``out``."""
-    from adbench.methods.runs import write_atomic
     from adbench.evaluation.tracking import git_commit, log_parent
 
     cells: dict[str, str] = {}

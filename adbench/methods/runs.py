@@ -3,10 +3,11 @@ part's hash; and how its files are written (whole or not at all).  Light on impo
 workflow calls these while it parses the config."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -96,12 +97,24 @@ def config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename: a kill never leaves half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for the block to write ``path``'s content to; renamed to ``path`` when
+    the block ends, removed when it raises: a kill or an error never leaves half a file under ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_maps(path: str | Path, maps: np.ndarray, ids: list[str]) -> None:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from adbench.methods.runs import read_maps
+from adbench.methods.runs import atomic_path, read_maps
 
 AUROC_RANGE = (0.5, 1.0)
 MONITOR_AXIS_LABEL = "test AUROC (monitoring, not used for selection)"
@@ -46,7 +46,8 @@ def _save(fig: Figure, stem: str | Path) -> list[Path]:
     with mstyle.context(_STYLE):
         for fmt, metadata in _METADATA.items():
             path = stem.with_name(f"{stem.name}.{fmt}")
-            fig.savefig(path, format=fmt, metadata=metadata)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, metadata=metadata)
             paths.append(path)
     return paths
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from adbench.methods.runs import atomic_path
 from adbench.reporting.tables import best_two
 
 _STYLE = """
@@ -111,7 +112,8 @@ def build_report(sections: list[Section], out: Path, title: str, provenance: dic
             + "\n".join(part for part in body if part) + "\n</body>\n</html>\n")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(page.encode("utf-8"))
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(page.encode("utf-8"))
 
 
 def _check_unique(names: list[str]) -> None:

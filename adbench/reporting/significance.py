@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from adbench.evaluation.metrics import check_binary, check_scores
-from adbench.methods.runs import read_maps, run_folder
+from adbench.methods.runs import atomic_path, read_maps, run_folder, write_atomic
 
 __all__ = ["DeLongResult", "delong_placements", "delong", "holm", "paired_bootstrap_image",
            "paired_bootstrap_pixel", "wilcoxon_per_baseline", "FriedmanNemenyi", "friedman_nemenyi",
@@ -508,6 +508,7 @@ def write_significance(results_root: str | Path, dataset: str, categories: list[
     """``compare_runs`` to ``csv_out`` and its ``summarise`` (seed means from the same rows) to ``md_out``."""
     table = compare_runs(results_root, dataset, categories, methods, reference, seeds_of=seeds_of,
                          feature_tag=feature_tag, n_boot=n_boot, pixel_bins=pixel_bins)
-    table.to_csv(csv_out, index=False)
-    Path(md_out).write_text(f"# Significance on `{dataset}`\n\n" + summarise(table, seed_means(table)))
+    with atomic_path(csv_out) as tmp:
+        table.to_csv(tmp, index=False)
+    write_atomic(md_out, f"# Significance on `{dataset}`\n\n" + summarise(table, seed_means(table)))
     return table

@@ -23,6 +23,7 @@ import pandas as pd
 
 from adbench import ROOT
 from adbench.evaluation.integrity import read_metrics
+from adbench.methods.runs import atomic_path, write_atomic
 
 PAPER_DIR = ROOT / "results" / "paper"
 # Every category of the datasets the paper reports on (dataset kind -> folder names).
@@ -453,7 +454,8 @@ def to_csv(table: Table, path: str | Path) -> None:
         if col in table.ours and col in table.std:
             out[f"{col}:std"] = table.std[col]
             out[f"{col}:seeds"] = table.seeds[col].astype("Int64")
-    out.to_csv(path, float_format="%.4f")
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, float_format="%.4f")
 
 
 def _cell(table: Table, row: str, col: str, digits: int, ranks: dict[tuple[str, str], int]) -> tuple[str, int]:
@@ -543,8 +545,8 @@ def write_outputs(table: Table, stem: str | Path) -> list[Path]:
     stem = Path(stem)
     paths = [stem.with_suffix(s) for s in (".csv", ".md", ".tex")]
     to_csv(table, paths[0])
-    paths[1].write_text(to_markdown(table))
-    paths[2].write_text(to_latex(table))
+    write_atomic(paths[1], to_markdown(table))
+    write_atomic(paths[2], to_latex(table))
     return paths
 
 
