@@ -1,5 +1,5 @@
 """The workflow's outputs are written whole or not at all (``adbench.methods.runs.atomic_path``): a job
-killed while writing a table, a figure, the report or a category summary leaves the previous file under the
+killed while writing a table, the significance tests, a figure, the report or a category summary leaves the previous file under the
 output's name, never half of one, and no temporary file behind.
 
 A kill is played by patching the call that writes the file: it writes the content, cuts the file it wrote
@@ -66,6 +66,21 @@ def _write_report(out: Path) -> None:
     build_report([Section("results", "no items")], out, "report", {"commit": "abc"})
 
 
+def _write_significance(out: Path) -> None:
+    """write_significance on the committed CI reference's comparison rows (compare_runs' own output there)."""
+    import adbench.reporting.significance as significance
+    from adbench import ROOT
+
+    rows = pd.read_csv(ROOT / "results" / "reference" / "ci" / "tables" / "significance.csv", keep_default_na=False,
+                       na_values=[""])
+    compare_runs, significance.compare_runs = significance.compare_runs, lambda *a, **k: rows
+    try:
+        significance.write_significance("results", "embedded", [], [], seeds_of={}, feature_tag="",
+                                        csv_out=out.with_suffix(".csv"), md_out=out.with_suffix(".md"))
+    finally:
+        significance.compare_runs = compare_runs
+
+
 def _write_summary(out: Path) -> None:
     from test_tracking import make_run
 
@@ -78,12 +93,15 @@ def _write_summary(out: Path) -> None:
 
 
 # (writer, the file it writes, the call that writes it, where that call's destination is among its arguments).
-# The table's csv is written by DataFrame.to_csv, its markdown (then LaTeX) by Path.write_text.
+# The table's and the significance tests' csv are written by DataFrame.to_csv, their markdown by
+# Path.write_text (the table's before its LaTeX).
 CASES = {
     "table csv": (_write_table, "t.csv", (pd.DataFrame, "to_csv"), lambda a: a[1]),
     "table markdown": (_write_table, "t.md", (Path, "write_text"), lambda a: a[0]),
     "figure": (_write_figure, "f.png", (Figure, "savefig"), lambda a: a[1]),
     "html report": (_write_report, "report.html", (Path, "write_bytes"), lambda a: a[0]),
+    "significance csv": (_write_significance, "significance.csv", (pd.DataFrame, "to_csv"), lambda a: a[1]),
+    "significance markdown": (_write_significance, "significance.md", (Path, "write_text"), lambda a: a[0]),
     "category summary": (_write_summary, "summary.csv", (pd.DataFrame, "to_csv"), lambda a: a[1]),
 }
 

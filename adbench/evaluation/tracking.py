@@ -18,8 +18,9 @@ every other is ``current=false`` with ``superseded_by=<run id>``.  In the UI, ``
 shows the latest numbers of every cell (and the latest parent run of each name, its cells nested under it).
 
 Crash safety.  A new store gets its name only once its schema is complete (``_create_store``).  Only a
-FINISHED run counts as logged, and a run is marked FINISHED after its metrics, params and artifacts: a run that a killed process left RUNNING is marked KILLED by the next call (which
-holds the lock, so no live writer owns it) and logged again, and an error while logging marks the run FAILED
+FINISHED run counts as logged, and a run is marked FINISHED after its metrics, params and artifacts: a
+run that a killed process left RUNNING is marked KILLED by the next call (which holds the lock, so no live
+writer owns it) and logged again, and an error while logging marks the run FAILED
 before it propagates.  ``current`` moves only after FINISHED, in this order: the new run is marked current,
 then the others un-marked; a crash in between leaves two current runs of a cell (never none), which the
 next ``log_runs`` of that cell repairs, since it reuses the FINISHED run and finishes the move.
