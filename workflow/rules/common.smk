@@ -72,7 +72,7 @@ def _check_config():
                 raise ValueError(f"{key} uses method '{m}', which is not in run.methods")
     # Missing data or backbone weights stop a run now, not after an hour of data preparation; a dry run
     # only warns, so that it can list the whole DAG of a profile whose data is not here (config/paper.yaml).
-    from adbench.features.backbone import BackboneWeightsError, weights_file
+    from adbench.features.weights import BackboneWeightsError, weights_file
 
     problems = _missing_data()
     try:
