@@ -2,6 +2,8 @@
 
 Imports only go down this list (tests/test_layout.py checks it):
 
+* ``spec``: what a method declares about itself (params, defaults, validation, what a fit reads), without
+  torch, so that the workflow plans its DAG without importing any numerical library;
 * ``protocol``: the contract every stage shares: ``Split`` (one cached split), ``AnomalyMethod`` (fit, then
   predict), ``Prediction``, devices;
 * ``data``: ``embedded`` (the offline dataset generator), ``datasets`` (reading MVTec-style layouts),

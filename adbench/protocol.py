@@ -9,7 +9,6 @@ and image-based ones (DRAEM, PatchSVDD, the MKD student) read the same file.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any, ClassVar, Mapping, Protocol
 
 import numpy as np
 import torch
+
+from adbench.spec import MethodSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -111,75 +112,6 @@ def epoch_means(
     if tracker is not None:
         tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=epoch)
     return means
-
-
-class UnknownParamsError(ValueError):
-    """A method's params name keys its defaults lack (a misspelt key would otherwise be ignored).
-
-    Attributes:
-        method: the method's name, as in the message (e.g. ``"CFLOW"``).
-        unknown: the offending keys, sorted.
-        known: every key the method accepts, sorted.
-    """
-
-    def __init__(self, method: str, unknown: list[str], known: list[str]) -> None:
-        self.method, self.unknown, self.known = method, list(unknown), list(known)
-        super().__init__(f"unknown {method} params {self.unknown}; known: {self.known}")
-
-
-class ParamError(ValueError):
-    """One method param has a value that cannot work; ``fix`` says what it must be.
-
-    The config check (``adbench.methods.registry.check_method_entry``) re-words it with the config key, e.g.
-    ``methods.fod.params.epochs = 0: must be >= 1 (0 epochs would train nothing)``.
-    """
-
-    def __init__(self, method: str, key: str, value: Any, fix: str) -> None:
-        self.method, self.key, self.value, self.fix = method, key, value, fix
-        super().__init__(f"{method} param {key} = {value!r}: {fix}")
-
-
-def check_epoch_counts(method: str, params: Mapping[str, Any], keys: tuple[str, ...]) -> None:
-    """Every ``params[key]`` for ``key`` in ``keys`` (those present) is a whole number >= 1.
-
-    These are the counts that drive training (epochs, meta-epochs, repeats): 0 trains nothing, so the
-    untrained model would score at chance without any error.
-
-    Raises:
-        ParamError: naming ``method``, the key and the value, e.g.
-            ``FOD param epochs = 0: must be >= 1 (0 epochs would train nothing)``.
-    """
-    for key in keys:
-        if key not in params:
-            continue
-        value = params[key]
-        whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-        if isinstance(value, bool) or not whole:
-            raise ParamError(method, key, value, "must be a whole number >= 1")
-        if value < 1:
-            what = f"{value} {key}" if key.endswith("epochs") else f"{key} = {value}"
-            raise ParamError(method, key, value, f"must be >= 1 ({what} would train nothing)")
-
-
-def merge_params(method_name: str, params: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """A method's resolved params: ``defaults`` updated with ``params`` (a new dict, ``defaults``' key order).
-
-    Methods pass the result to ``AnomalyMethod.__init__``, so ``self.params``, and what ``save`` stores, is
-    the full set: a saved model never depends on later defaults.
-
-    Raises:
-        UnknownParamsError: (a ``ValueError``) ``params`` has keys that ``defaults`` lacks (a misspelt key
-            would otherwise be ignored); the message names them, e.g.
-            ``unknown CFLOW params ['lr_rate']; known: [...]``.
-    """
-    params = dict(params or {})
-    if "device" in params and "device" not in defaults:  # DRAEM and PatchSVDD took one until issue 8
-        raise ParamError(method_name, "device", params["device"], "methods take no device param any more; "
-                         "remove it and set the top-level config key `device:` (auto, cpu, cuda or cuda:N)")
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise UnknownParamsError(method_name, unknown, sorted(defaults))
-    return {**defaults, **params}
 
 
 class NonFiniteLossError(ValueError):
@@ -327,13 +259,13 @@ def state_to_cpu(state: Any) -> Any:
     return state
 
 
-class AnomalyMethod(ABC):
+class AnomalyMethod(MethodSpec, ABC):
     """Base class: ``Method(params, seed).fit(train).predict(test)``.
 
-    Subclasses set ``name`` (the registry key), read their hyper-parameters from ``params`` (the
-    ``params`` mapping of the method's entry in the config; ``merge_params`` resolves it against the
-    method's defaults) and keep all learnt state in ``state_dict()``.  ``fit`` must be deterministic given
-    ``seed`` on one machine.
+    A subclass inherits its spec (``adbench.spec``: ``name``, defaults, validation, what a fit reads),
+    passes ``self.check_params(params)`` (the ``params`` mapping of the method's entry in the config,
+    resolved against the defaults) to this ``__init__`` and keeps all learnt state in ``state_dict()``.
+    ``fit`` must be deterministic given ``seed`` on one machine.
 
     Devices: ``method.to(device)`` (before ``fit``, or after ``load``) sets ``self.device``, where ``fit``
     trains and ``predict`` scores: networks and buffers live there and every batch of features or images
@@ -343,25 +275,12 @@ class AnomalyMethod(ABC):
     devices.  The runner calls ``to`` with the config's ``device`` setting (``resolve_device``).
     """
 
-    name: ClassVar[str]
-    #: The params that count passes over the training data (epochs, meta-epochs, repeats); each must be
-    #: >= 1, checked when the method is built.  Empty for methods that do not train (PatchCore).
-    epoch_params: ClassVar[tuple[str, ...]] = ()
-    #: True for a method whose ``fit`` takes ``monitor=<test Split>`` to score it while training (FOD's
-    #: ``monitor_every``: the authors' best-epoch-on-test numbers, reported beside the last epoch's); the
-    #: runner hands the test split only to such a method, and only when ``monitor_interval`` is > 0.
-    monitors_test: ClassVar[bool] = False
     #: The loss terms a non-finite-loss message (``check_finite_losses``) names; empty for a method that
     #: takes no optimiser steps.
     loss_terms: ClassVar[tuple[str, ...]] = ()
     #: A fit of seconds on tests/synthetic.py's split (a few optimiser steps), for the contract, device and
     #: numerical-guard tests; every registered method declares its own.
     tiny_params: ClassVar[dict[str, Any]] = {}
-    #: True when ``fit`` does not depend on the seed: the runner then fits the method for the first of
-    #: ``run.seeds`` only (tests/test_contract.py checks that two seeds give the same maps).
-    deterministic: ClassVar[bool] = False
-    #: True when the run's per-epoch training losses deserve a figure (rule ``figures``: training_<method>).
-    records_curves: ClassVar[bool] = False
     #: What to change when the method's output collapses (``CollapseError``: scores or maps constant over the
     #: test split, or a collapsed embedding), naming the params that cause it; ``{name}`` stands for the
     #: method's config name.  Each trained method states its own; this is the generic advice.
@@ -378,7 +297,6 @@ class AnomalyMethod(ABC):
         self.params: dict[str, Any] = dict(params or {})
         self.seed = int(seed)
         self.device = torch.device("cpu")
-        check_epoch_counts(type(self).__name__, self.params, self.epoch_params)
 
     def to(self, device: str | torch.device) -> "AnomalyMethod":
         """Run on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``; see
@@ -398,42 +316,6 @@ class AnomalyMethod(ABC):
                 setattr(self, key, value.to(self.device))
             elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
                 setattr(self, key, {k: v.to(self.device) for k, v in value.items()})
-
-    @classmethod
-    def check_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The resolved params for ``params`` (defaults merged in), validated as ``__init__`` does, without
-        data and without building networks; the config check calls it for every method the run trains.
-
-        Raises:
-            UnknownParamsError, ParamError, ValueError: as ``__init__``.
-        """
-        return dict(cls(dict(params or {})).params)
-
-    @classmethod
-    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
-        """What a fit with the resolved ``params`` reads: ``features`` (the cache), ``images`` (the split's
-        pixels) and ``backbone`` (the frozen network itself, which the runner then sets as
-        ``method.feature_extractor`` before ``fit``: a callable mapping images to the cached levels)."""
-        return frozenset({"features"})
-
-    @classmethod
-    def ablation(cls, params: Mapping[str, Any]) -> str | None:
-        """The Table 4 row an entry with these params is (an ablation of the method), or ``None`` for the
-        method itself: Tables 2 and 3 list by default every method of ``run.methods`` that is not one."""
-        return None
-
-    @classmethod
-    def passes(cls, params: Mapping[str, Any]) -> int:
-        """Passes over the training data of one fit with the resolved ``params`` (``make estimate``
-        multiplies a measured seconds-per-pass by it): ``epochs`` if it counts them, else 1."""
-        return int(params["epochs"]) if "epochs" in cls.epoch_params else 1
-
-    @classmethod
-    def monitor_interval(cls, params: Mapping[str, Any]) -> int:
-        """Epochs between scorings of the test split while training (0: never); > 0 only for a method that
-        ``monitors_test``.  The runner hands such a method the test split; ``make estimate`` counts the
-        extra test passes."""
-        return 0
 
     @abstractmethod
     def fit(self, train: Split, tracker: Tracker | None = None) -> "AnomalyMethod":

@@ -53,7 +53,7 @@ batch, clamp, condition size, schedule shape) is the public code's.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,39 +64,10 @@ from tqdm.auto import tqdm
 
 from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.methods.flat_adam import FlatAdam
-from adbench.protocol import (AnomalyMethod, ParamError, Prediction, Split, Tracker, check_finite_losses,
-                              merge_params, state_to_cpu)
+from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, state_to_cpu
+from baselines.specs.cflow import DEFAULT_PARAMS, PAPER_PARAMS, CFlowSpec
 
 __all__ = ["CFlow", "ConditionalFlow", "CouplingBlock", "positional_encoding_2d", "DEFAULT_PARAMS", "PAPER_PARAMS"]
-
-#: The public code's hyper-parameters (config.py / main.py of gudovskiy/cflow-ad).
-PAPER_PARAMS: dict[str, Any] = {
-    "coupling_blocks": 8,
-    "clamp_alpha": 1.9,
-    "condition_vec": 128,
-    "fiber_batch": 256,  # N = 256 fibres per flow step
-    "lr": 2e-4,
-    "meta_epochs": 25,
-    "sub_epochs": 8,
-    "lr_warm_epochs": 2,
-    "lr_decay_rate": 0.1,  # cosine floor = lr * 0.1**3
-    # The public code trains on images rotated by up to +-5 degrees; that needs on-the-fly backbone
-    # features and is not available with the feature cache (see the module docstring).
-    "augment_rotation_deg": 0.0,
-    "eval_batch": 8192,  # fibres per forward pass at test time (memory only; no effect on results)
-    # train.py (train_meta_epoch) calls optimizer.zero_grad() before each flow's step, under torch >= 1.6
-    # (requirements.txt; the README ran 1.8), whose zero_grad() zeroes gradients instead of dropping them:
-    # the other level's flow keeps a zero gradient, so Adam still moves it on its momentum every step.
-    "zero_grad": "zeros",
-}
-
-#: Reduced budget of the embedded default configuration (about 13 s per category on one CPU thread at
-#: 128 px with 60 training images): 8 passes at 10x the public lr.  Measured with benchmarks/budgets.py,
-#: mean image AUROC over the five embedded categories (seed 0): 4 passes at 2e-4 0.590, 16 passes at 2e-4
-#: 0.658, 4 passes at 2e-3 0.687, 8 passes at 2e-3 0.800 (baselines/README.md, Budgets).
-DEFAULT_PARAMS: dict[str, Any] = {**PAPER_PARAMS, "meta_epochs": 4, "sub_epochs": 2, "lr_warm_epochs": 1, "lr": 2e-3,
-                                  "zero_grad": "none"}
-ZERO_GRAD = ("none", "zeros")
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -211,7 +182,7 @@ def _position_table(channels: int, h: int, w: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ the method
 
 
-class CFlow(AnomalyMethod):
+class CFlow(CFlowSpec, AnomalyMethod):
     """CFLOW-AD on cached backbone features; see the module docstring for what is adapted.
 
     Params (defaults in ``DEFAULT_PARAMS``; the public code's values in ``PAPER_PARAMS``):
@@ -230,8 +201,6 @@ class CFlow(AnomalyMethod):
     After ``fit``, ``history`` holds the mean training loss of every pass (meta_epochs * sub_epochs).
     """
 
-    name: ClassVar[str] = "cflow"
-    epoch_params = ("meta_epochs", "sub_epochs")
     loss_terms = ("loss_s8",)  # the first level's flow trains first (per-stride names: loss_s<stride>)
     tiny_params = {"meta_epochs": 1, "sub_epochs": 2, "coupling_blocks": 2, "fiber_batch": 64}
     collapse_hint = (
@@ -249,26 +218,12 @@ class CFlow(AnomalyMethod):
                                    "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(merge_params("CFLOW", params, DEFAULT_PARAMS), seed)
-        if float(self.params["augment_rotation_deg"]) > 0:
-            raise ValueError(
-                "CFLOW's rotation augmentation (augment_rotation_deg > 0) needs backbone features of every "
-                "rotated training image, computed on the fly; this suite trains from the feature cache, which "
-                "holds features of the unrotated images only. Set augment_rotation_deg: 0."
-            )
-        if int(self.params["condition_vec"]) % 4:
-            raise ValueError("condition_vec must be a multiple of 4")
-        if self.params["zero_grad"] not in ZERO_GRAD:
-            raise ParamError("CFLOW", "zero_grad", self.params["zero_grad"], f"must be one of {', '.join(ZERO_GRAD)}")
+        super().__init__(self.check_params(params), seed)
         self.flows: nn.ModuleList | None = None
         self.channels: list[int] = []
         self.history: list[float] = []
 
     # -- model -------------------------------------------------------------------------------------
-
-    @classmethod
-    def passes(cls, params: Mapping[str, Any]) -> int:
-        return int(params["meta_epochs"]) * int(params["sub_epochs"])
 
     def _build(self, channels: list[int]) -> None:
         p = self.params

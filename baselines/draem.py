@@ -103,7 +103,7 @@ defect maps sit above chance at the CI size: :attr:`DRAEM.learning_budget`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -113,10 +113,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
-from adbench.protocol import (AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means,
-                              merge_params)
+from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, check_finite_losses, epoch_means
 from baselines.anomaly_source import AnomalySource, make_anomaly_source
 from baselines.perlin import perlin_mask
+from baselines.specs.draem import DEFAULT_PARAMS, PAPER_PARAMS, PUBLIC_IMAGE_SIZE, SCORE_FILTER_SCALES, DRAEMSpec
 
 __all__ = [
     "DRAEM",
@@ -131,51 +131,6 @@ __all__ = [
     "score_filter_px",
     "lr_milestone_epochs",
 ]
-
-#: Reduced budget for the embedded default benchmark (see the module docstring).
-DEFAULT_PARAMS: dict[str, Any] = {
-    "epochs": 10,
-    "batch_size": 2,
-    "lr": 1e-3,
-    "lr_milestones": [0.8, 0.9],
-    "lr_gamma": 0.2,
-    "base_width": 8,
-    "disc_base_width": 8,
-    "resolution": 64,  # side the networks run at; None = the split's image size
-    "reconstruction": "scratch",  # or "backbone" (needs method.feature_extractor for training)
-    "backbone_stride": 16,
-    "anomaly_source": "offline",  # or "dtd" (needs dtd_root)
-    "dtd_root": None,
-    "beta_max": 0.8,
-    "clean_fraction": 0.5,
-    "rotate_normal_p": 0.3,
-    "rotate_normal_deg": 90.0,
-    "perlin_scale_exponents": [0, 6],
-    "perlin_threshold": 0.5,
-    "perlin_rotation_deg": 90.0,
-    "ssim_window": 11,
-    "focal_gamma": 2.0,
-    "score_filter_size": 21,  # px at the public code's 256 px
-    "score_filter_scale": "resolution",  # or "pixels" (see score_filter_px)
-    "predict_batch_size": 16,
-    "progress": True,
-}
-
-#: Side (px) at which the public code trains and tests, and at which its 21 px score filter is defined.
-PUBLIC_IMAGE_SIZE = 256
-SCORE_FILTER_SCALES = ("pixels", "resolution")
-
-#: The public code's hyper-parameters.
-PAPER_PARAMS: dict[str, Any] = {
-    **DEFAULT_PARAMS,
-    "epochs": 700,
-    "batch_size": 8,
-    "lr": 1e-4,
-    "base_width": 128,
-    "disc_base_width": 64,
-    "resolution": None,
-}
-
 
 # ================================================================================ networks (pure torch)
 def _double_conv(cin: int, cmid: int, cout: int) -> nn.Sequential:
@@ -419,7 +374,7 @@ def lr_milestone_epochs(fractions: list[float], epochs: int) -> list[int]:
     return [int(round(f * epochs)) for f in fractions]
 
 
-class DRAEM(AnomalyMethod):
+class DRAEM(DRAEMSpec, AnomalyMethod):
     """DRAEM; ``DRAEM(params, seed).fit(train).predict(test)``.  Params: :data:`DEFAULT_PARAMS`.
 
     Attributes:
@@ -429,8 +384,6 @@ class DRAEM(AnomalyMethod):
         history: mean training loss per epoch (after ``fit``; restored by ``load_state_dict``).
     """
 
-    name = "draem"
-    epoch_params = ("epochs",)
     loss_terms = ("loss", "l2", "ssim", "focal")
     tiny_params = {"epochs": 2, "batch_size": 2, "resolution": 32, "progress": False}
     collapse_hint = (
@@ -448,28 +401,14 @@ class DRAEM(AnomalyMethod):
     learning_budget = {"default": {"params": {"epochs": 15, "batch_size": 2, "lr": 1e-3, "progress": False},
                                    "trains": True, "bars": {"local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 
-    @classmethod
-    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
-        """Images; with ``reconstruction: backbone`` also the cached features and the backbone itself."""
-        return frozenset({"images", "features", "backbone"} if params["reconstruction"] == "backbone" else {"images"})
-
     def __init__(
         self,
         params: dict[str, Any] | None = None,
         seed: int = 0,
         feature_extractor: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> None:
-        super().__init__(merge_params("DRAEM", params, DEFAULT_PARAMS), seed)
+        super().__init__(self.check_params(params), seed)
         self.cfg: dict[str, Any] = self.params
-        if self.cfg["reconstruction"] not in ("scratch", "backbone"):
-            raise ValueError(
-                f"DRAEM reconstruction must be 'scratch' or 'backbone', not {self.cfg['reconstruction']!r}"
-            )
-        if int(self.cfg["score_filter_size"]) % 2 != 1:
-            raise ValueError("score_filter_size must be odd")
-        if self.cfg["score_filter_scale"] not in SCORE_FILTER_SCALES:
-            raise ValueError(f"DRAEM score_filter_scale must be one of {', '.join(SCORE_FILTER_SCALES)}, "
-                             f"not {self.cfg['score_filter_scale']!r}")
         self.feature_extractor = feature_extractor
         self.recon: nn.Module | None = None
         self.disc: nn.Module | None = None

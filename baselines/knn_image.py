@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
-from adbench.protocol import AnomalyMethod, ParamError, Prediction, Split, Tracker, merge_params
-
-DEFAULT_PARAMS: dict[str, Any] = {"chunk": 4096}  # test cells per distance block (memory only)
+from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker
+from baselines.specs.knn_image import KNNImageSpec
 
 
 def _pooled(features: list[torch.Tensor]) -> torch.Tensor:
@@ -34,19 +33,15 @@ def _cells(level: torch.Tensor) -> torch.Tensor:
     return level.float().permute(0, 2, 3, 1).reshape(-1, level.shape[1])
 
 
-class KNNImage(AnomalyMethod):
+class KNNImage(KNNImageSpec, AnomalyMethod):
     """See the module docstring.  Params: ``chunk`` (test cells per distance block; memory only)."""
 
-    name: ClassVar[str] = "knn_image"
-    deterministic = True
     tiny_params: ClassVar[dict[str, Any]] = {}
     learning_budget = {"default": {"params": {}, "trains": False,
                                    "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(merge_params("knn_image", params, DEFAULT_PARAMS), seed)
-        if int(self.params["chunk"]) < 1:
-            raise ParamError("knn_image", "chunk", self.params["chunk"], "must be >= 1")
+        super().__init__(self.check_params(params), seed)
         self.bank: dict[str, torch.Tensor] = {}
 
     def fit(self, train: Split, tracker: Tracker | None = None) -> "KNNImage":

@@ -49,7 +49,7 @@ setting: 601 epochs, batch 64 in the main line's configs/config.yaml); the archi
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,31 +60,10 @@ from tqdm.auto import tqdm
 
 from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import (IMAGENET_MEAN, IMAGENET_STD, AnomalyMethod, Prediction, Split, Tracker,
-                              check_finite_losses, merge_params, state_to_cpu)
+                              check_finite_losses, state_to_cpu)
+from baselines.specs.mkd import DEFAULT_PARAMS, PAPER_PARAMS, MKDSpec
 
 __all__ = ["MKD", "Student", "distillation_loss", "discrepancy_maps", "DEFAULT_PARAMS", "PAPER_PARAMS"]
-
-LOCALIZATIONS = ("discrepancy", "gradient", "guided")
-
-#: The public code's hyper-parameters for MVTec AD (configs/config.yaml and models/network.py).
-PAPER_PARAMS: dict[str, Any] = {
-    "width": 16,  # narrow convolutions of the "B" student
-    "lr": 1e-3,
-    "epochs": 601,  # "mvtec: 601"
-    "batch_size": 64,  # main-line configs/config.yaml (commit 0dbc8c0's 128 configures another dataset)
-    "lamda": 0.5,  # "mvtec: 0.5, others: 0.01"
-    "localization": "guided",  # public default "gbp"; "gradient" = their "gradients"
-    "gaussian_sigma": 4.0,
-    "eval_batch": 32,  # images per forward pass in predict (memory only)
-}
-
-#: Reduced budget of the embedded default configuration (about 20 s per category on one CPU thread at
-#: 128 px with 60 training images) and the cheap discrepancy localisation.  Many small steps are what the
-#: student needs: mean image AUROC over the five embedded categories (benchmarks/budgets.py, seed 0):
-#: 6 epochs of batch 8 0.598, 20 of batch 8 0.658, 6 of batch 2 0.650, 10 of batch 2 0.748, 12 of batch 2
-#: 0.755 (seed 1: 0.762) (baselines/README.md, Budgets).
-DEFAULT_PARAMS: dict[str, Any] = {**PAPER_PARAMS, "epochs": 12, "batch_size": 2, "localization": "discrepancy"}
-
 
 # ----------------------------------------------------------------------------------------- torch model
 
@@ -223,7 +202,7 @@ def _saliency(grad: np.ndarray, guided: bool, sigma: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ the method
 
 
-class MKD(AnomalyMethod):
+class MKD(MKDSpec, AnomalyMethod):
     """Multiresolution knowledge distillation with the shared backbone as teacher.
 
     Params (defaults in ``DEFAULT_PARAMS``; the public code's values in ``PAPER_PARAMS``):
@@ -238,8 +217,6 @@ class MKD(AnomalyMethod):
     After ``fit``, ``history`` holds the mean training loss of every epoch.
     """
 
-    name: ClassVar[str] = "mkd"
-    epoch_params = ("epochs",)
     loss_terms = ("loss",)
     tiny_params = {"epochs": 2, "batch_size": 2}
     collapse_hint = (
@@ -255,15 +232,8 @@ class MKD(AnomalyMethod):
     learning_budget = {"default": {"params": {"epochs": 12, "batch_size": 2}, "trains": True,
                                    "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 
-    @classmethod
-    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
-        """The student reads the images; the teacher's targets are the cached features."""
-        return frozenset({"images", "features"})
-
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(merge_params("MKD", params, DEFAULT_PARAMS), seed)
-        if self.params["localization"] not in LOCALIZATIONS:
-            raise ValueError(f"MKD localization must be one of {LOCALIZATIONS}, got {self.params['localization']!r}")
+        super().__init__(self.check_params(params), seed)
         self.student: Student | None = None
         self.history: list[float] = []
 

@@ -63,29 +63,9 @@ from scipy import ndimage
 
 from adbench.methods.neighbours import greedy_k_center, nearest_distances
 from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
-from adbench.protocol import AnomalyMethod, ParamError, Prediction, Split, Tracker, merge_params, state_to_cpu
-
-AGGREGATIONS = ("public", "average")
-DISTANCES = ("squared", "euclidean")
-SMOOTHING_SCALES = ("pixels", "resolution")
-PUBLIC_IMAGE_SIZE = 224  # px: the public code's evaluation resolution, where its sigma = 4 applies
-
-DEFAULT_PARAMS: dict[str, Any] = {
-    "aggregation": "average",
-    "distance": "euclidean",
-    "smoothing_scale": "pixels",
-    "coreset_ratio": 0.1,
-    "projection_dim": 128,
-    "coreset_start_points": 10,
-    "patch_size": 3,
-    "pretrain_embed_dim": 1024,
-    "target_embed_dim": 1024,
-    "num_neighbors": 1,
-    "smoothing_sigma": 4.0,
-}
-#: The literal public code: unfold + adaptive pooling, squared L2, sigma = 4 px at every image size.
-PAPER_PARAMS: dict[str, Any] = {**DEFAULT_PARAMS, "aggregation": "public", "distance": "squared",
-                                "smoothing_scale": "pixels"}
+from adbench.protocol import AnomalyMethod, Prediction, Split, Tracker, state_to_cpu
+from baselines.specs.patchcore import (  # noqa: F401  (DEFAULT_PARAMS, PAPER_PARAMS: re-exported)
+    AGGREGATIONS, DEFAULT_PARAMS, PAPER_PARAMS, PUBLIC_IMAGE_SIZE, SMOOTHING_SCALES, PatchCoreSpec)
 
 
 def patch_embeddings(features: list[torch.Tensor], aggregation: str, patch_size: int, pretrain_dim: int,
@@ -153,10 +133,9 @@ def smoothing_sigma_px(sigma: float, scale: str, image_size: int) -> float:
     return float(sigma) * (image_size / PUBLIC_IMAGE_SIZE if scale == "resolution" else 1.0)
 
 
-class PatchCore(AnomalyMethod):
+class PatchCore(PatchCoreSpec, AnomalyMethod):
     """Memory bank of nominal patch features; anomaly = distance to the nearest memory entry."""
 
-    name = "patchcore"
     tiny_params = {"coreset_ratio": 0.1, "pretrain_embed_dim": 64, "target_embed_dim": 64, "projection_dim": 16}
     #: The learning check (adbench.evaluation.learning; tests/test_learning.py) on the CI data: the default 10% coreset,
     #: well under a second per fit.  Seeds 0-2 (the coreset's random start), every kernel setting: image AUROC
@@ -165,15 +144,7 @@ class PatchCore(AnomalyMethod):
                                    "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(merge_params("PatchCore", params, DEFAULT_PARAMS), seed)
-        p = self.params
-        for key, allowed in (("aggregation", AGGREGATIONS), ("distance", DISTANCES),
-                             ("smoothing_scale", SMOOTHING_SCALES)):
-            if p[key] not in allowed:
-                raise ParamError("PatchCore", key, p[key], f"must be one of {', '.join(allowed)}")
-        if p["distance"] == "squared" and p["num_neighbors"] != 1:
-            raise ParamError("PatchCore", "num_neighbors", p["num_neighbors"],
-                             "distance: squared supports num_neighbors: 1 only; use distance: euclidean")
+        super().__init__(self.check_params(params), seed)
         self.memory_bank: torch.Tensor | None = None
 
     def _embed(self, split: Split) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -86,7 +86,7 @@ search is the dominant test cost on a CPU).  Everything else is unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ from tqdm.auto import tqdm
 from adbench.methods.neighbours import nearest_distances
 from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.protocol import (AnomalyMethod, CollapseError, Prediction, Split, Tracker, check_finite_losses,
-                              epoch_means, merge_params, state_to_cpu)
+                              epoch_means, state_to_cpu)
+from baselines.specs.patchsvdd import DEFAULT_PARAMS, PAPER_PARAMS, PatchSVDDSpec
 
 __all__ = [
     "PatchSVDD",
@@ -112,41 +113,6 @@ __all__ = [
     "COLLAPSED_SPREAD",
     "POSITION_OFFSETS",
 ]
-
-#: Reduced budget for the embedded default benchmark (see the module docstring).
-DEFAULT_PARAMS: dict[str, Any] = {
-    "encoder": "scratch",  # or "backbone" (heads on the cached backbone features)
-    "patch_sizes": None,  # (big, small); None: (64, 32) * image_size / 256
-    "test_strides": [8, 8],  # None: (16, 4) * image_size / 256
-    "embedding_dim": 64,
-    "width": 16,  # first-layer width of the small encoder (public 32)
-    "hier_width": 128,  # hidden width of the hierarchical layer (public 128)
-    "classifier_width": 128,
-    "lambda": 1e-3,  # chosen on validation at 128 and 256 px (module docstring); public argparse default 1
-    "epochs": 12,
-    "repeat": 4,
-    "batch_size": 32,
-    "lr": 1e-4,
-    "noise_std": 0.02,
-    "combine": "mult",  # mult (published), sum, big, small
-    "backbone_stride": 8,
-    "predict_batch_size": 16,
-    "progress": True,
-}
-
-#: The public code's hyper-parameters (at 256 px).
-PAPER_PARAMS: dict[str, Any] = {
-    **DEFAULT_PARAMS,
-    "patch_sizes": [64, 32],
-    "test_strides": [16, 4],
-    "width": 32,
-    "hier_width": 128,
-    "epochs": 300,
-    "repeat": 100,
-    "batch_size": 64,
-    "lr": 1e-4,
-    "lambda": 1e-3,  # the public README's command (--lambda_value=1e-3); the argparse default is 1
-}
 
 #: (dy, dx) of the 8 neighbour classes, in the public code's order.
 POSITION_OFFSETS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)], dtype=np.int64)
@@ -282,15 +248,13 @@ def distribute_scores(scores: torch.Tensor, size: tuple[int, int], patch: int, s
 
 
 # ======================================================================================= method
-class PatchSVDD(AnomalyMethod):
+class PatchSVDD(PatchSVDDSpec, AnomalyMethod):
     """Patch SVDD; ``PatchSVDD(params, seed).fit(train).predict(test)``.  Params: :data:`DEFAULT_PARAMS`.
 
     Attributes:
         history: mean training loss per epoch (after ``fit``; restored by ``load_state_dict``).
     """
 
-    name = "patchsvdd"
-    epoch_params = ("epochs", "repeat")
     loss_terms = ("loss", "pos_big", "pos_small", "svdd_big", "svdd_small")
     tiny_params = {"epochs": 2, "repeat": 1, "batch_size": 8, "progress": False}
     collapse_hint = (
@@ -308,18 +272,9 @@ class PatchSVDD(AnomalyMethod):
         "params": {"epochs": 8, "repeat": 8, "lr": 3e-3, "lambda": 1.0, "progress": False}, "trains": True,
         "bars": {"image_auroc": 0.78, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}}}
 
-    @classmethod
-    def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
-        """Image patches (``encoder: scratch``) or the cached features (``encoder: backbone``)."""
-        return frozenset({"features"} if params["encoder"] == "backbone" else {"images"})
-
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(merge_params("PatchSVDD", params, DEFAULT_PARAMS), seed)
+        super().__init__(self.check_params(params), seed)
         self.cfg: dict[str, Any] = self.params
-        if self.cfg["encoder"] not in ("scratch", "backbone"):
-            raise ValueError(f"PatchSVDD encoder must be 'scratch' or 'backbone', not {self.cfg['encoder']!r}")
-        if self.cfg["combine"] not in ("mult", "sum", "big", "small"):
-            raise ValueError(f"PatchSVDD combine must be mult, sum, big or small, not {self.cfg['combine']!r}")
         self.arch: dict[str, Any] = {}
         self.small: nn.Module | None = None
         self.hier: HierarchicalEncoder | None = None

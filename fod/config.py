@@ -6,9 +6,9 @@ those keys given explicitly overrides the preset.  See fod/README.md for the tab
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Mapping
 
-from adbench.protocol import ParamError, UnknownParamsError, check_epoch_counts
+from adbench.spec import MethodSpec, ParamError, UnknownParamsError, check_epoch_counts
 from fod.ablations import ABLATIONS
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -143,3 +143,28 @@ def resolve(params: dict[str, Any] | None) -> FODConfig:
     if cfg.monitor_every < 0:
         raise ParamError("FOD", "monitor_every", cfg.monitor_every, "must be >= 0 (0: no monitoring)")
     return cfg
+
+
+class FODSpec(MethodSpec):
+    """FOD's spec (``adbench.spec``); the method is ``fod.method.FOD``."""
+
+    name = "fod"
+    label = "FOD"
+    epoch_params = ("epochs",)
+    monitors_test = True
+    records_curves = True
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The fully resolved hyper-parameters (``resolve``: defaults, variant, ablation)."""
+        return resolve(dict(params or {})).as_dict()
+
+    @classmethod
+    def ablation(cls, params: Mapping[str, Any]) -> str | None:
+        """``ablation`` (``fod.ablations.ABLATIONS``): a Table 4 row, not a Table 2 method."""
+        return params.get("ablation")
+
+    @classmethod
+    def monitor_interval(cls, params: Mapping[str, Any]) -> int:
+        """``monitor_every``: the test split is scored every so many epochs (the best-epoch-on-test column)."""
+        return int(params.get("monitor_every") or 0)

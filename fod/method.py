@@ -10,7 +10,7 @@ computed there) and every scoring batch there; shuffles come from a CPU generato
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from adbench.evaluation.learning import IMAGE_FLOOR, LOCAL_PIXEL_FLOOR
 from adbench.evaluation.metrics import roc_auc
 from adbench.methods.flat_adam import FlatAdam
 from adbench.protocol import AnomalyMethod, NullTracker, Prediction, Split, Tracker, check_finite_losses, state_to_cpu
-from fod.config import FODConfig, resolve
+from fod.config import FODConfig, FODSpec, resolve
 from fod.losses import level_losses, reconstruction_error, token_divergence
 from fod.model import FODLevel
 from fod.reference import coreset_reference, mean_reference
@@ -36,13 +36,9 @@ _LEARNING_PARAMS = {"d_model": [64, 128], "layers": 1, "heads": 4, "epochs": 8, 
 _EVAL_ELEMENTS = 1 << 24
 
 
-class FOD(AnomalyMethod):
+class FOD(FODSpec, AnomalyMethod):
     """Focus the Discrepancy (Yao et al., ICCV 2023); params: see fod/README.md."""
 
-    name = "fod"
-    epoch_params = ("epochs",)
-    monitors_test = True
-    records_curves = True
     loss_terms = ("rec", "loss1", "loss2")
     tiny_params = {"d_model": [16, 32], "heads": 2, "layers": 1, "epochs": 2, "progress": False}
     collapse_hint = (
@@ -63,26 +59,11 @@ class FOD(AnomalyMethod):
                   "bars": {"image_auroc": IMAGE_FLOOR, "local_pixel_auroc": LOCAL_PIXEL_FLOOR}},
     }
 
-    @classmethod
-    def ablation(cls, params: Mapping[str, Any]) -> str | None:
-        """``ablation`` (``fod.ablations.ABLATIONS``): a Table 4 row, not a Table 2 method."""
-        return params.get("ablation")
-
-    @classmethod
-    def monitor_interval(cls, params: Mapping[str, Any]) -> int:
-        """``monitor_every``: the test split is scored every so many epochs (the best-epoch-on-test column)."""
-        return int(params.get("monitor_every") or 0)
-
     def __init__(self, params: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__(params, seed)
         self.config: FODConfig = resolve(self.params)
         self.levels: nn.ModuleList | None = None
         self.monitor_best: dict[str, float] = {}
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any] | None) -> dict[str, Any]:
-        """The fully resolved hyper-parameters (``fod.config.resolve``: defaults, variant, ablation)."""
-        return cls(params).config.as_dict()
 
     def fit(self, train: Split, tracker: Tracker | None = None, monitor: Split | None = None) -> "FOD":
         """Train one transformer per feature level on ``train.features``; with ``monitor_every: n`` also

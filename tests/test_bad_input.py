@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adbench.data.datasets import DatasetError, list_samples
-from adbench.protocol import ParamError
+from adbench.spec import ParamError
 from adbench.methods.registry import IMPLEMENTATIONS, MethodConfigError, check_method_entry, method_class
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_constructors_reject_epoch_counts_below_one(impl, key):
     cls = method_class(impl)
     with pytest.raises(ParamError) as err:
         cls({key: 0})
-    assert str(err.value).startswith(f"{cls.__name__} param {key} = 0: must be >= 1")
+    assert str(err.value).startswith(f"{cls.label} param {key} = 0: must be >= 1")
     assert err.value.key == key and err.value.value == 0
 
 

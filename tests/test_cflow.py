@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.protocol import ParamError, Split
+from adbench.protocol import Split
+from adbench.spec import ParamError
 from baselines.cflow import DEFAULT_PARAMS, PAPER_PARAMS, CFlow, CouplingBlock, positional_encoding_2d
 from synthetic import SIZE, fit_and_predict, synthetic_split
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from synthetic import synthetic_split
 
-from adbench.protocol import AnomalyMethod, Prediction, UnknownParamsError
+from adbench.protocol import AnomalyMethod, Prediction
+from adbench.spec import UnknownParamsError
 from adbench.methods.registry import IMPLEMENTATIONS, method_class
 
 IMPLS = sorted(IMPLEMENTATIONS)

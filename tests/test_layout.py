@@ -10,7 +10,7 @@ import pytest
 
 from adbench import ROOT
 
-STAGES = ["protocol", "data", "features", "methods", "evaluation", "reporting", "operations", "jobs", "worker"]
+STAGES = ["spec", "protocol", "data", "features", "methods", "evaluation", "reporting", "operations", "jobs", "worker"]
 PACKAGE = ROOT / "adbench"
 
 

@@ -6,7 +6,8 @@ from scipy import ndimage
 
 from adbench.data.embedded import DEFECT_KIND
 from adbench.evaluation.metrics import roc_auc
-from adbench.protocol import ParamError, Split
+from adbench.protocol import Split
+from adbench.spec import ParamError
 from baselines.patchcore import PAPER_PARAMS, PatchCore, patch_embeddings, smoothing_sigma_px
 
 

@@ -1,15 +1,20 @@
-"""Config name -> method class.
+"""Config name -> method spec and method class.
 
-Each entry of the config's ``methods`` mapping names an ``impl``; this table turns it into the class.  The
-classes are imported lazily so that running PatchCore never imports DRAEM's networks.
+Each entry of the config's ``methods`` mapping names an ``impl``; these tables turn it into the method's
+spec (``adbench.spec``: params, defaults, what a fit reads; no torch) and into its class (the spec plus the
+networks).  Both are imported lazily: checking and planning a config (the Snakefile) imports only the
+specs, and running PatchCore never imports DRAEM's networks.
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adbench.protocol import AnomalyMethod, ParamError, UnknownParamsError
+from adbench.spec import MethodSpec, ParamError, UnknownParamsError
+
+if TYPE_CHECKING:
+    from adbench.protocol import AnomalyMethod
 
 IMPLEMENTATIONS: dict[str, str] = {
     "patchcore": "baselines.patchcore:PatchCore",
@@ -22,14 +27,37 @@ IMPLEMENTATIONS: dict[str, str] = {
 }
 
 
-def method_class(impl: str) -> type[AnomalyMethod]:
-    """The class registered as ``impl``; raises ``KeyError`` naming the known ones."""
+#: impl -> its spec, importable without torch (each class above inherits its spec; tests/test_spec.py).
+SPECS: dict[str, str] = {
+    "patchcore": "baselines.specs.patchcore:PatchCoreSpec",
+    "cflow": "baselines.specs.cflow:CFlowSpec",
+    "mkd": "baselines.specs.mkd:MKDSpec",
+    "draem": "baselines.specs.draem:DRAEMSpec",
+    "patchsvdd": "baselines.specs.patchsvdd:PatchSVDDSpec",
+    "fod": "fod.config:FODSpec",
+    "knn_image": "baselines.specs.knn_image:KNNImageSpec",
+}
+
+
+def _load(table: dict[str, str], impl: str):
     try:
-        target = IMPLEMENTATIONS[impl]
+        target = table[impl]
     except KeyError:
-        raise KeyError(f"unknown method impl '{impl}'; known: {', '.join(sorted(IMPLEMENTATIONS))}") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+        raise KeyError(f"unknown method impl '{impl}'; known: {', '.join(sorted(table))}") from None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def method_class(impl: str) -> type[AnomalyMethod]:
+    """The class registered as ``impl`` (imports its networks, and torch); raises ``KeyError`` naming the
+    known ones."""
+    return _load(IMPLEMENTATIONS, impl)
+
+
+def method_spec(impl: str) -> type[MethodSpec]:
+    """The spec of the class registered as ``impl``, without importing torch: what checking and planning a
+    config need (``check_params``, ``inputs``, ``deterministic``, ...); raises ``KeyError`` as ``method_class``."""
+    return _load(SPECS, impl)
 
 
 class MethodConfigError(ValueError):
@@ -57,9 +85,8 @@ def check_method_entry(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
         params = {}
     if not isinstance(params, Mapping):
         raise MethodConfigError(f"methods.{name}.params = {params!r}: must be a mapping of param: value")
-    cls = method_class(impl)
     try:
-        return cls.check_params(dict(params))
+        return method_spec(impl).check_params(dict(params))
     except UnknownParamsError as err:
         raise MethodConfigError(
             f"methods.{name}.params has unknown keys {err.unknown} for impl {impl!r}: fix their spelling or "

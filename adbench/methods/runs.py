@@ -53,13 +53,13 @@ def resolve_tables(config: dict) -> dict:
     in ``run.methods``' order, and ``tables.table3`` to every dataset of ``run.datasets`` with table2's
     methods.  An explicit list wins, so an override config that changes ``run.methods`` need not repeat
     the tables."""
-    from adbench.methods.registry import IMPLEMENTATIONS, method_class
+    from adbench.methods.registry import SPECS, method_spec
 
     tables = config["tables"]
 
     def headline(method: str) -> bool:  # an undefined method or impl is the config check's to report
         entry = config["methods"].get(method, {})
-        return entry.get("impl") in IMPLEMENTATIONS and method_class(entry["impl"]).ablation(entry.get("params") or {}) is None
+        return entry.get("impl") in SPECS and method_spec(entry["impl"]).ablation(entry.get("params") or {}) is None
 
     tables["table2"].setdefault("methods", [m for m in config["run"]["methods"] if headline(m)])
     table3 = tables.setdefault("table3", {})
@@ -85,10 +85,10 @@ def load_config(*paths: str | Path) -> dict:
 def method_seeds(config: dict, method: str) -> list[int]:
     """A method's seeds: ``run.seeds``, or only the first of them for a method in ``run.one_seed`` and for
     one whose class is ``deterministic`` (another seed would give the same numbers)."""
-    from adbench.methods.registry import method_class
+    from adbench.methods.registry import method_spec
 
     seeds = list(config["run"]["seeds"])
-    deterministic = method_class(config["methods"][method]["impl"]).deterministic
+    deterministic = method_spec(config["methods"][method]["impl"]).deterministic
     return seeds[:1] if deterministic or method in config["run"].get("one_seed", []) else seeds
 
 

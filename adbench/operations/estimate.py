@@ -50,7 +50,7 @@ def cache_bytes_per_image(backbone: str, size: int) -> int:
 
 def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
     """Hours per device and method, job count, and disk (GB) for the profile ``config``."""
-    from adbench.methods.registry import cell_params, method_class
+    from adbench.methods.registry import cell_params, method_spec
     from adbench.methods.runs import method_seeds
 
     size, backbone = config["backbone"]["image_size"], config["backbone"]["name"]
@@ -64,7 +64,7 @@ def estimate(config: dict, benchmarks: dict[str, dict]) -> dict:
             for method in config["run"]["methods"]:
                 entry = config["methods"][method]
                 params = cell_params(method, entry, cat)
-                cls = method_class(entry["impl"])
+                cls = method_spec(entry["impl"])
                 seeds = len(method_seeds(config, method))
                 jobs += seeds
                 test_images += n_test * seeds

@@ -66,9 +66,9 @@ def run_ci_config(work: Path, config: Path, seeds: list[int], cpu_isa: str, meth
 def _seeds(config: dict, method: str, seeds: list[int]) -> list[int]:
     """The seeds of ``method`` among ``seeds``: the first only for a ``deterministic`` method (the workflow
     fits it once; its seed spread is 0 by construction)."""
-    from adbench.methods.registry import method_class
+    from adbench.methods.registry import method_spec
 
-    return seeds[:1] if method_class(config["methods"][method]["impl"]).deterministic else list(seeds)
+    return seeds[:1] if method_spec(config["methods"][method]["impl"]).deterministic else list(seeds)
 
 
 def collect(work: Path, config: dict, seeds: list[int], methods: list[str] | None = None) -> pd.DataFrame:

@@ -374,9 +374,9 @@ def table3(runs: pd.DataFrame, methods: list[str], datasets: list[str]) -> Table
 def ablation_label(method_entry: dict) -> str:
     """Table 4 row of a method entry: the ablation its params make of it (its class's ``ablation``), ``full``
     without one."""
-    from adbench.methods.registry import method_class
+    from adbench.methods.registry import method_spec
 
-    return method_class(method_entry["impl"]).ablation(method_entry.get("params") or {}) or "full"
+    return method_spec(method_entry["impl"]).ablation(method_entry.get("params") or {}) or "full"
 
 
 def table4(runs: pd.DataFrame, labels: dict[str, str], datasets: list[str]) -> Table:

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 from adbench.methods.determinism import pin_cpu_isa
 from adbench.reporting.evidence import draws_cd_diagram, draws_paper_scatter
 from adbench.operations.golden import folder_digest, overlays, reference_named
-from adbench.methods.registry import cell_params, check_method_entry, method_class
+from adbench.methods.registry import cell_params, check_method_entry, method_spec
 from adbench.methods.runs import config_hash, resolve_tables, run_config, run_folder
 from adbench.evaluation.tracking import store_problem
 from adbench.methods.runs import method_seeds as seeds_of
@@ -244,7 +244,7 @@ def table_names():
 
 def curve_methods():
     """Table 2's methods whose training curves get a figure (their class ``records_curves``)."""
-    return [m for m in TABLE2["methods"] if method_class(config["methods"][m]["impl"]).records_curves]
+    return [m for m in TABLE2["methods"] if method_spec(config["methods"][m]["impl"]).records_curves]
 
 
 def figure_stems():
