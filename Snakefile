@@ -23,7 +23,7 @@ include: "workflow/rules/reporting.smk"
 
 # Bookkeeping jobs run where `snakemake` runs, also under a cluster executor (workflow/profiles/slurm):
 # each reads and writes a few small files in seconds, and as a cluster job it would wait for the queue,
-# then start Snakemake again on a node (about 5 s of CPU) to do it.  The MLflow writers (track_*) then
+# then start Snakemake again on a node (seconds of CPU) to do it.  The MLflow writers (track_*) then
 # also stay on one host.  Training, extraction, the significance tests and the figures stay cluster jobs.
 localrules:
     category_summary,

@@ -96,6 +96,8 @@ class MethodSpec:
     label: ClassVar[str]
     #: Every param the method takes and its default (``merge_params``).
     defaults: ClassVar[Mapping[str, Any]] = {}
+    #: The params that name one of a few readings, and those readings (checked by ``check_params``).
+    choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: The params that count passes over the training data (epochs, meta-epochs, repeats); each must be
     #: >= 1, checked when the method is built.  Empty for methods that do not train (PatchCore).
     epoch_params: ClassVar[tuple[str, ...]] = ()
@@ -111,7 +113,8 @@ class MethodSpec:
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The resolved params for ``params``: ``defaults`` merged in, epoch counts and ``validate`` passed.
+        """The resolved params for ``params``: ``defaults`` merged in, epoch counts, ``choices`` and ``validate``
+        passed.
         Cheap (no data, no networks); the config check calls it for every method the run trains.
 
         Raises:
@@ -119,12 +122,16 @@ class MethodSpec:
         """
         resolved = merge_params(cls.label, params, cls.defaults)
         check_epoch_counts(cls.label, resolved, cls.epoch_params)
+        for key, allowed in cls.choices.items():
+            if resolved[key] not in allowed:
+                raise ParamError(cls.label, key, resolved[key], f"must be one of {', '.join(allowed)}")
         cls.validate(resolved)
         return resolved
 
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> None:
-        """Raise ``ParamError`` (or ``ValueError``) when a value of the merged ``params`` cannot work."""
+        """Raise ``ParamError`` (or ``ValueError``) when a value of the merged ``params`` cannot work in a way
+        ``choices`` and the epoch counts do not cover."""
 
     @classmethod
     def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:

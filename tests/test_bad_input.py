@@ -146,8 +146,10 @@ def test_other_bad_values_name_the_entry():
         check_method_entry("f", {"impl": "fod", "params": {"variant": "pape"}})
     with pytest.raises(MethodConfigError, match=r"^methods.f.params.d_model = 5: must be a list"):
         check_method_entry("f", {"impl": "fod", "params": {"d_model": 5}})
-    with pytest.raises(MethodConfigError, match=r"^methods.m.params \(impl 'mkd'\): MKD localization"):
+    with pytest.raises(MethodConfigError, match=r"^methods.m.params.localization = 'x': must be one of discrepancy,"):
         check_method_entry("m", {"impl": "mkd", "params": {"localization": "x"}})
+    with pytest.raises(MethodConfigError, match=r"^methods.c.params \(impl 'cflow'\): condition_vec must be a multiple"):
+        check_method_entry("c", {"impl": "cflow", "params": {"condition_vec": 6}})
     with pytest.raises(MethodConfigError, match=r"^methods.m.params = \[1\]: must be a mapping"):
         check_method_entry("m", {"impl": "mkd", "params": [1]})
 

@@ -15,7 +15,7 @@ import pytest
 from workflow_runs import snakemake_command
 
 from adbench.features.weights import weights_file
-from adbench.methods.registry import IMPLEMENTATIONS, SPECS, method_class, method_spec
+from adbench.methods.registry import IMPLEMENTATIONS, SPECS, MethodConfigError, check_method_entry, method_class, method_spec
 
 IMPLS = sorted(IMPLEMENTATIONS)
 
@@ -47,6 +47,26 @@ def test_a_method_class_is_its_spec_with_networks(impl):
         assert getattr(cls, name).__func__ is getattr(spec, name).__func__, f"{cls.__name__}.{name} is not its spec's"
     for name in ("epoch_params", "deterministic", "records_curves", "monitors_test"):
         assert name not in vars(cls), f"{cls.__name__} declares {name}; its spec {spec.__name__} must"
+
+
+CHOICES = [(impl, key) for impl in IMPLS for key in method_spec(impl).choices]
+
+
+def test_some_methods_declare_choices():
+    assert len(CHOICES) >= 8, CHOICES
+
+
+@pytest.mark.parametrize("impl,key", CHOICES)
+def test_a_value_outside_a_params_choices_is_refused_by_the_config_check_and_the_method(impl, key):
+    spec = method_spec(impl)
+    allowed = spec.choices[key]
+    assert spec.check_params({})[key] in allowed  # the default is one of them
+    message = f"methods.m.params.{key} = 'nope': must be one of {', '.join(allowed)}"
+    with pytest.raises(MethodConfigError) as err:
+        check_method_entry("m", {"impl": impl, "params": {key: "nope"}})
+    assert str(err.value) == message
+    with pytest.raises(ValueError, match=f"{key} = 'nope': must be one of"):
+        method_class(impl)({key: "nope"})
 
 
 def test_planning_the_ci_workflow_imports_no_torch(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from adbench.spec import MethodSpec, ParamError
+from adbench.spec import MethodSpec
 
 #: The public code's hyper-parameters (config.py / main.py of gudovskiy/cflow-ad).
 PAPER_PARAMS: dict[str, Any] = {
@@ -18,7 +18,7 @@ PAPER_PARAMS: dict[str, Any] = {
     "lr_warm_epochs": 2,
     "lr_decay_rate": 0.1,  # cosine floor = lr * 0.1**3
     # The public code trains on images rotated by up to +-5 degrees; that needs on-the-fly backbone
-    # features and is not available with the feature cache (see the module docstring).
+    # features and is not available with the feature cache (see the docstring of baselines/cflow.py).
     "augment_rotation_deg": 0.0,
     "eval_batch": 8192,  # fibres per forward pass at test time (memory only; no effect on results)
     # train.py (train_meta_epoch) calls optimizer.zero_grad() before each flow's step, under torch >= 1.6
@@ -41,6 +41,7 @@ class CFlowSpec(MethodSpec):
     label = "CFLOW"
     defaults = DEFAULT_PARAMS
     epoch_params = ("meta_epochs", "sub_epochs")
+    choices = {"zero_grad": ZERO_GRAD}
 
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> None:
@@ -52,8 +53,6 @@ class CFlowSpec(MethodSpec):
             )
         if int(params["condition_vec"]) % 4:
             raise ValueError("condition_vec must be a multiple of 4")
-        if params["zero_grad"] not in ZERO_GRAD:
-            raise ParamError("CFLOW", "zero_grad", params["zero_grad"], f"must be one of {', '.join(ZERO_GRAD)}")
 
     @classmethod
     def passes(cls, params: Mapping[str, Any]) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from adbench.spec import MethodSpec
+from adbench.spec import MethodSpec, ParamError
 
-#: Reduced budget for the embedded default benchmark (see the module docstring).
+#: Reduced budget for the embedded default benchmark (see the docstring of baselines/draem.py).
 DEFAULT_PARAMS: dict[str, Any] = {
     "epochs": 10,
     "batch_size": 2,
@@ -56,16 +56,12 @@ class DRAEMSpec(MethodSpec):
     label = "DRAEM"
     defaults = DEFAULT_PARAMS
     epoch_params = ("epochs",)
+    choices = {"reconstruction": ("scratch", "backbone"), "score_filter_scale": SCORE_FILTER_SCALES}
 
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> None:
-        if params["reconstruction"] not in ("scratch", "backbone"):
-            raise ValueError(f"DRAEM reconstruction must be 'scratch' or 'backbone', not {params['reconstruction']!r}")
         if int(params["score_filter_size"]) % 2 != 1:
-            raise ValueError("score_filter_size must be odd")
-        if params["score_filter_scale"] not in SCORE_FILTER_SCALES:
-            raise ValueError(f"DRAEM score_filter_scale must be one of {', '.join(SCORE_FILTER_SCALES)}, "
-                             f"not {params['score_filter_scale']!r}")
+            raise ParamError("DRAEM", "score_filter_size", params["score_filter_size"], "must be odd")
 
     @classmethod
     def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:

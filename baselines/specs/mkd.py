@@ -33,11 +33,7 @@ class MKDSpec(MethodSpec):
     label = "MKD"
     defaults = DEFAULT_PARAMS
     epoch_params = ("epochs",)
-
-    @classmethod
-    def validate(cls, params: Mapping[str, Any]) -> None:
-        if params["localization"] not in LOCALIZATIONS:
-            raise ValueError(f"MKD localization must be one of {LOCALIZATIONS}, got {params['localization']!r}")
+    choices = {"localization": LOCALIZATIONS}
 
     @classmethod
     def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:

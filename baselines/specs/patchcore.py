@@ -33,13 +33,10 @@ class PatchCoreSpec(MethodSpec):
     name = "patchcore"
     label = "PatchCore"
     defaults = DEFAULT_PARAMS
+    choices = {"aggregation": AGGREGATIONS, "distance": DISTANCES, "smoothing_scale": SMOOTHING_SCALES}
 
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> None:
-        for key, allowed in (("aggregation", AGGREGATIONS), ("distance", DISTANCES),
-                             ("smoothing_scale", SMOOTHING_SCALES)):
-            if params[key] not in allowed:
-                raise ParamError("PatchCore", key, params[key], f"must be one of {', '.join(allowed)}")
         if params["distance"] == "squared" and params["num_neighbors"] != 1:
             raise ParamError("PatchCore", "num_neighbors", params["num_neighbors"],
                              "distance: squared supports num_neighbors: 1 only; use distance: euclidean")

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from adbench.spec import MethodSpec
 
-#: Reduced budget for the embedded default benchmark (see the module docstring).
+#: Reduced budget for the embedded default benchmark (see the docstring of baselines/patchsvdd.py).
 DEFAULT_PARAMS: dict[str, Any] = {
     "encoder": "scratch",  # or "backbone" (heads on the cached backbone features)
     "patch_sizes": None,  # (big, small); None: (64, 32) * image_size / 256
@@ -15,7 +15,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "width": 16,  # first-layer width of the small encoder (public 32)
     "hier_width": 128,  # hidden width of the hierarchical layer (public 128)
     "classifier_width": 128,
-    "lambda": 1e-3,  # chosen on validation at 128 and 256 px (module docstring); public argparse default 1
+    "lambda": 1e-3,  # chosen on validation at 128 and 256 px (baselines/patchsvdd.py); public argparse default 1
     "epochs": 12,
     "repeat": 4,
     "batch_size": 32,
@@ -47,13 +47,7 @@ class PatchSVDDSpec(MethodSpec):
     label = "PatchSVDD"
     defaults = DEFAULT_PARAMS
     epoch_params = ("epochs", "repeat")
-
-    @classmethod
-    def validate(cls, params: Mapping[str, Any]) -> None:
-        if params["encoder"] not in ("scratch", "backbone"):
-            raise ValueError(f"PatchSVDD encoder must be 'scratch' or 'backbone', not {params['encoder']!r}")
-        if params["combine"] not in ("mult", "sum", "big", "small"):
-            raise ValueError(f"PatchSVDD combine must be mult, sum, big or small, not {params['combine']!r}")
+    choices = {"encoder": ("scratch", "backbone"), "combine": ("mult", "sum", "big", "small")}
 
     @classmethod
     def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
