@@ -98,7 +98,7 @@ class FODConfig:
         return {**asdict(self), "d_model": list(self.d_model)}
 
 
-def resolve(params: dict[str, Any] | None) -> FODConfig:
+def resolve(params: Mapping[str, Any] | None) -> FODConfig:
     """``params`` -> FODConfig: defaults, then the variant preset, then explicit keys, then the Table 4
     row named by ``ablation`` (``fod.ablations.ABLATIONS``), if any.
 
@@ -157,7 +157,7 @@ class FODSpec(MethodSpec):
     @classmethod
     def check_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """The fully resolved hyper-parameters (``resolve``: defaults, variant, ablation)."""
-        return resolve(dict(params or {})).as_dict()
+        return resolve(params).as_dict()
 
     @classmethod
     def ablation(cls, params: Mapping[str, Any]) -> str | None:
