@@ -113,9 +113,9 @@ class MethodSpec:
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The resolved params for ``params``: ``defaults`` merged in, epoch counts, ``choices`` and ``validate``
-        passed.
-        Cheap (no data, no networks); the config check calls it for every method the run trains.
+        """The resolved params for ``params``: ``defaults`` merged in, then the epoch counts, ``choices`` and
+        ``validate`` checked.  Cheap (no data, no networks): the config check calls it for every method the run
+        trains, and each method's ``__init__`` builds from its result.
 
         Raises:
             UnknownParamsError, ParamError, ValueError: a key the method lacks, or a value that cannot work.

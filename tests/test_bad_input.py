@@ -148,8 +148,10 @@ def test_other_bad_values_name_the_entry():
         check_method_entry("f", {"impl": "fod", "params": {"d_model": 5}})
     with pytest.raises(MethodConfigError, match=r"^methods.m.params.localization = 'x': must be one of discrepancy,"):
         check_method_entry("m", {"impl": "mkd", "params": {"localization": "x"}})
-    with pytest.raises(MethodConfigError, match=r"^methods.c.params \(impl 'cflow'\): condition_vec must be a multiple"):
+    with pytest.raises(MethodConfigError, match=r"^methods.c.params.condition_vec = 6: must be a multiple of 4"):
         check_method_entry("c", {"impl": "cflow", "params": {"condition_vec": 6}})
+    with pytest.raises(MethodConfigError, match=r"^methods.c.params \(impl 'cflow'\): CFLOW's rotation augmentation"):
+        check_method_entry("c", {"impl": "cflow", "params": {"augment_rotation_deg": 5.0}})
     with pytest.raises(MethodConfigError, match=r"^methods.m.params = \[1\]: must be a mapping"):
         check_method_entry("m", {"impl": "mkd", "params": [1]})
 

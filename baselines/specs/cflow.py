@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from adbench.spec import MethodSpec
+from adbench.spec import MethodSpec, ParamError
 
 #: The public code's hyper-parameters (config.py / main.py of gudovskiy/cflow-ad).
 PAPER_PARAMS: dict[str, Any] = {
@@ -52,7 +52,8 @@ class CFlowSpec(MethodSpec):
                 "holds features of the unrotated images only. Set augment_rotation_deg: 0."
             )
         if int(params["condition_vec"]) % 4:
-            raise ValueError("condition_vec must be a multiple of 4")
+            raise ParamError(cls.label, "condition_vec", params["condition_vec"],
+                             "must be a multiple of 4 (the 2-D positional encoding's four parts)")
 
     @classmethod
     def passes(cls, params: Mapping[str, Any]) -> int:

@@ -61,7 +61,7 @@ class DRAEMSpec(MethodSpec):
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> None:
         if int(params["score_filter_size"]) % 2 != 1:
-            raise ParamError("DRAEM", "score_filter_size", params["score_filter_size"], "must be odd")
+            raise ParamError(cls.label, "score_filter_size", params["score_filter_size"], "must be odd")
 
     @classmethod
     def inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:

@@ -17,4 +17,4 @@ class KNNImageSpec(MethodSpec):
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> None:
         if int(params["chunk"]) < 1:
-            raise ParamError("knn_image", "chunk", params["chunk"], "must be >= 1")
+            raise ParamError(cls.label, "chunk", params["chunk"], "must be >= 1")

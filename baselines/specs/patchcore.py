@@ -38,5 +38,5 @@ class PatchCoreSpec(MethodSpec):
     @classmethod
     def validate(cls, params: Mapping[str, Any]) -> None:
         if params["distance"] == "squared" and params["num_neighbors"] != 1:
-            raise ParamError("PatchCore", "num_neighbors", params["num_neighbors"],
+            raise ParamError(cls.label, "num_neighbors", params["num_neighbors"],
                              "distance: squared supports num_neighbors: 1 only; use distance: euclidean")
